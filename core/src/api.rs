@@ -411,9 +411,9 @@ impl Node {
             return Err(ApiError::UserCountRequiresPresence);
         }
         let mut channels = Map::new();
-        let matching = self
-            .channels
-            .keys()
+        let occupied = self.occupied_channels();
+        let matching = occupied
+            .into_iter()
             .filter(|name| name.as_str().starts_with(prefix))
             .filter(|name| name.kind() != ChannelKind::User);
         for name in matching {
@@ -429,7 +429,7 @@ impl Node {
         if info.user_count && channel.kind() != ChannelKind::Presence {
             return Err(ApiError::UserCountRequiresPresence);
         }
-        let occupied = self.channels.contains_key(&channel);
+        let occupied = self.subscription_count(channel.as_str()) > 0;
         let mut body = Map::new();
         body.insert("occupied".to_owned(), Value::Bool(occupied));
         if let Value::Object(counts) = self.channel_counts(&channel, info) {
@@ -443,11 +443,10 @@ impl Node {
         if channel.kind() != ChannelKind::Presence {
             return Err(ApiError::NotPresenceChannel);
         }
-        let roster = self.channels.get(&channel).and_then(|c| c.roster.as_ref());
-        let users: Vec<Value> = roster
-            .into_iter()
-            .flat_map(|roster| roster.iter())
-            .map(|(id, _)| json!({ "id": id }))
+        let users: Vec<Value> = self
+            .members(channel.as_str())
+            .into_keys()
+            .map(|id| json!({ "id": id }))
             .collect();
         Ok(json!({ "users": users }))
     }
@@ -460,14 +459,13 @@ impl Node {
 
     /// Returns the requested counts of a channel as a JSON object (zeros when unoccupied).
     fn channel_counts(&self, channel: &ChannelName, info: Info) -> Value {
-        let entry = self.channels.get(channel);
         let mut counts = Map::new();
         if info.user_count && channel.kind() == ChannelKind::Presence {
-            let users = entry.and_then(|c| c.roster.as_ref()).map_or(0, |r| r.len());
+            let users = self.members(channel.as_str()).len();
             counts.insert("user_count".to_owned(), users.into());
         }
         if info.subscription_count {
-            let sockets = entry.map_or(0, |c| c.subscribers.len());
+            let sockets = self.subscription_count(channel.as_str());
             counts.insert("subscription_count".to_owned(), sockets.into());
         }
         Value::Object(counts)
@@ -484,6 +482,8 @@ impl Node {
                 frame::api_event(&publish.name, channel.as_str(), &publish.data).into();
             let delivered = self.broadcast(channel, except, &frame);
             debug!("event published: channel={channel} recipients={delivered}");
+            let except = publish.socket_id.map(|socket_id| socket_id.to_string());
+            self.cluster_event(channel, &frame, except);
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::cluster::ClusterConfig;
 use crate::error::ConfigError;
 
 /// A secret string whose `Debug` and `Display` print a redaction marker, so it never reaches
@@ -118,6 +119,8 @@ pub struct Config {
     pub pong_timeout: Duration,
     /// Resource limits.
     pub limits: Limits,
+    /// Cluster mode settings; `None` runs a single node with all state in memory.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -129,6 +132,7 @@ impl Config {
             activity_timeout: Duration::from_secs(120),
             pong_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            cluster: None,
         }
     }
 
@@ -150,7 +154,9 @@ impl Config {
         if secs == 0 || secs > u64::from(u32::MAX) {
             return Err(ConfigError::InvalidActivityTimeout);
         }
-        if self.pong_timeout.is_zero() {
+        // The node adds the pong timeout to an `Instant`, which panics on overflow.
+        let pong_secs = self.pong_timeout.as_secs();
+        if self.pong_timeout.is_zero() || pong_secs > u64::from(u32::MAX) {
             return Err(ConfigError::InvalidPongTimeout);
         }
         Ok(())

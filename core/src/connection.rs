@@ -1,6 +1,5 @@
 //! Per-connection state: identity, subscriptions, liveness and the client event rate window.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -103,7 +102,7 @@ impl ConnectRequest {
 pub(crate) struct Connection {
     pub(crate) socket_id: SocketId,
     /// Channels subscribed, with the member's user id on presence channels.
-    pub(crate) channels: BTreeMap<ChannelName, Option<UserId>>,
+    pub(crate) channels: Subscriptions,
     pub(crate) last_activity: Instant,
     /// When the liveness probe was sent, if it is still unanswered.
     pub(crate) probe_sent: Option<Instant>,
@@ -116,7 +115,7 @@ impl Connection {
     pub(crate) fn new(socket_id: SocketId, now: Instant, scheduled: Instant) -> Self {
         Self {
             socket_id,
-            channels: BTreeMap::new(),
+            channels: Subscriptions::default(),
             last_activity: now,
             probe_sent: None,
             scheduled,
@@ -130,6 +129,55 @@ impl Connection {
             Some(sent) => sent + pong,
             None => self.last_activity + activity,
         }
+    }
+}
+
+/// A connection's subscriptions, in subscription order.
+///
+/// A short vector rather than a map, because most connections hold a few channels and an
+/// idle connection should cost little memory; lookups scan at most the per-connection limit.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions(Vec<(ChannelName, Option<UserId>)>);
+
+impl Subscriptions {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn contains_key(&self, channel: &str) -> bool {
+        self.get_key_value(channel).is_some()
+    }
+
+    pub(crate) fn get_key_value(&self, channel: &str) -> Option<(&ChannelName, &Option<UserId>)> {
+        self.0
+            .iter()
+            .find(|(name, _)| name.as_str() == channel)
+            .map(|(name, user_id)| (name, user_id))
+    }
+
+    /// Adds a subscription; the caller checks that `channel` is not subscribed yet.
+    pub(crate) fn insert(&mut self, channel: ChannelName, user_id: Option<UserId>) {
+        self.0.push((channel, user_id));
+    }
+
+    pub(crate) fn remove_entry(&mut self, channel: &str) -> Option<(ChannelName, Option<UserId>)> {
+        let index = self
+            .0
+            .iter()
+            .position(|(name, _)| name.as_str() == channel)?;
+        Some(self.0.remove(index))
+    }
+}
+
+impl IntoIterator for Subscriptions {
+    type Item = (ChannelName, Option<UserId>);
+    type IntoIter = std::vec::IntoIter<Self::Item>;
+
+    /// Yields the subscriptions in channel name order, so that the events a disconnect causes
+    /// come out in the same order however the channels were joined.
+    fn into_iter(mut self) -> Self::IntoIter {
+        self.0.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.0.into_iter()
     }
 }
 

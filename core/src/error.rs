@@ -286,7 +286,7 @@ pub enum SubscribeError {
     MissingChannelData,
     /// `channel_data` is not a JSON object with a string or number `user_id`.
     InvalidChannelData,
-    /// The presence `user_id` is empty or longer than the limit.
+    /// The presence `user_id` is longer than the limit.
     InvalidUserId {
         /// Configured maximum in bytes.
         max: usize,
@@ -376,7 +376,7 @@ impl SubscribeError {
                     .into()
             }
             Self::InvalidUserId { max } => {
-                format!("Invalid user_id: it must be 1 to {max} characters")
+                format!("Invalid user_id: it is longer than {max} bytes")
             }
             Self::UserInfoTooLarge { max } => {
                 format!("Presence user_info is larger than {max} bytes")
@@ -599,7 +599,7 @@ pub enum ConfigError {
     InvalidAppId,
     /// The activity timeout is zero or too large.
     InvalidActivityTimeout,
-    /// The pong timeout is zero.
+    /// The pong timeout is zero or longer than `u32::MAX` seconds.
     InvalidPongTimeout,
 }
 
@@ -617,7 +617,9 @@ impl fmt::Display for ConfigError {
             Self::InvalidActivityTimeout => {
                 f.write_str("activity timeout must be at least 1 second")
             }
-            Self::InvalidPongTimeout => f.write_str("pong timeout must be greater than zero"),
+            Self::InvalidPongTimeout => {
+                f.write_str("pong timeout must be greater than zero and at most 4294967295 seconds")
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ProtocolError;
@@ -95,8 +95,14 @@ struct Envelope<'a> {
     event: Cow<'a, str>,
     #[serde(borrow, default)]
     channel: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+}
+
+/// Keeps `"data":null` as the raw text `null`, so that a client event relays it unchanged.
+/// Only a missing `data` field becomes `None`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 impl<'a> ClientFrame<'a> {

@@ -31,6 +31,7 @@
 mod api;
 mod auth;
 mod channel;
+mod cluster;
 mod config;
 mod connection;
 mod error;
@@ -43,6 +44,7 @@ mod timer;
 pub use api::{ApiRequest, ApiResponse};
 pub use auth::{sign_api_request, sign_channel, sign_hex, verify_hex};
 pub use channel::{ChannelKind, ChannelName};
+pub use cluster::ClusterConfig;
 pub use config::{AppConfig, Config, Limits, Secret};
 pub use connection::{ConnectRequest, ConnectionId, SocketId};
 pub use error::{

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{channel_string_to_sign, verify_channel_auth};
 use crate::channel::{ChannelKind, ChannelName};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::connection::{ConnectRequest, Connection, ConnectionId, SocketId};
 use crate::error::{ConfigError, ConnectError, ProtocolError, SubscribeError};
@@ -38,6 +39,12 @@ pub enum Output {
     Ping {
         /// Recipient.
         connection: ConnectionId,
+    },
+    /// Publish a message to every node of the cluster (cluster mode only), for example on a
+    /// Redis pub/sub channel. Deliver it to the other nodes' [`Node::handle_cluster`].
+    Publish {
+        /// JSON message, opaque to the host.
+        payload: Arc<str>,
     },
     /// Send the frames queued before this one, then close the WebSocket with `code`. The node
     /// has already released the connection's state.
@@ -87,6 +94,7 @@ pub struct Node {
     timers: TimerTable,
     outputs: VecDeque<Output>,
     shutting_down: bool,
+    pub(crate) cluster: Option<Cluster>,
 }
 
 impl Node {
@@ -94,9 +102,14 @@ impl Node {
     /// process a fresh random seed.
     pub fn new(config: Config, seed: u64) -> Result<Self, ConfigError> {
         config.validate()?;
+        let mut rng = Rng::new(seed);
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|cluster| Cluster::new(rng.next_u64(), cluster));
         Ok(Self {
             config,
-            rng: Rng::new(seed),
+            rng,
             next_connection: 0,
             connections: BTreeMap::new(),
             sockets: BTreeMap::new(),
@@ -104,6 +117,7 @@ impl Node {
             timers: TimerTable::default(),
             outputs: VecDeque::new(),
             shutting_down: false,
+            cluster,
         })
     }
 
@@ -200,9 +214,14 @@ impl Node {
 
     /// Closes `connection` with 4100 because it does not read its frames fast enough and the
     /// host's outbound queue for it is full. Clients reconnect after a short delay.
+    ///
+    /// The host should drop the connection's queued frames first: the node queues a
+    /// `pusher:error` 4100 ahead of the close.
     pub fn handle_backpressure(&mut self, _now: Instant, connection: ConnectionId) {
         if self.connections.contains_key(&connection) {
             debug!("closing slow connection: connection={}", connection.0);
+            let message = "Client too slow to read its messages, reconnect";
+            self.send(connection, frame::error(Some(4100), message).into());
             self.close(connection, 4100, "Client too slow to read its messages");
         }
     }
@@ -218,7 +237,10 @@ impl Node {
     /// Sends every client `pusher:error` 4200 and a 4200 close, so clients reconnect at once
     /// to another node, and rejects new connections from now on.
     pub fn shutdown(&mut self, _now: Instant) {
+        // Every member leaves at once, so no `member_removed` is sent to sockets that are
+        // closing too.
         self.shutting_down = true;
+        self.cluster_bye();
         let ids: Vec<ConnectionId> = self.connections.keys().copied().collect();
         let error = ConnectError::ShuttingDown;
         let frame: Arc<str> = error.frame().into();
@@ -231,6 +253,7 @@ impl Node {
     /// Runs the timers due at `now`: probes idle connections and closes unanswered ones with
     /// 4201. Call it at the instant [`Node::poll_timeout`] returned, or later.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.cluster_timeout(now);
         let activity = self.config.activity_timeout;
         let pong = self.config.pong_timeout;
         while let Some((at, id)) = self.timers.pop_due(now) {
@@ -268,7 +291,11 @@ impl Node {
     /// Returns when [`Node::handle_timeout`] must next be called; `None` means no timer is
     /// armed. Read it after draining [`Node::poll_output`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        let cluster = self.cluster.as_ref().and_then(Cluster::next_timeout);
+        match (self.timers.next(), cluster) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Returns the `socket_id` of an open connection.
@@ -376,7 +403,7 @@ impl Node {
         };
         let member = self.authorize(connection.socket_id, &channel, data)?;
 
-        if connection.channels.contains_key(&channel) {
+        if connection.channels.contains_key(channel.as_str()) {
             self.send_subscription_succeeded(id, &channel);
             return Ok(());
         }
@@ -384,11 +411,10 @@ impl Node {
         if connection.channels.len() >= max_channels {
             return Err(SubscribeError::ChannelLimitReached { max: max_channels });
         }
-        if let (Some(member), Some(existing)) = (&member, self.channels.get(&channel)) {
-            let roster = existing.roster.as_ref();
-            let full = roster.is_some_and(|r| r.len() >= limits.max_presence_members);
-            if full && !roster.is_some_and(|r| r.contains(&member.user_id)) {
-                let max = limits.max_presence_members;
+        if let Some(member) = &member {
+            let members = self.members(channel.as_str());
+            let max = limits.max_presence_members;
+            if members.len() >= max && !members.contains_key(member.user_id.as_ref()) {
                 return Err(SubscribeError::MemberLimitReached { max });
             }
         }
@@ -399,15 +425,18 @@ impl Node {
         }
         let entry = self.channels.entry(channel.clone()).or_default();
         entry.subscribers.insert(id);
+        let mut joined = None;
         if let Some(member) = member {
             let user_id = member.user_id.clone();
             let roster = entry.roster.get_or_insert_with(Roster::default);
             if roster.join(member) {
-                let info = roster.user_info(&user_id);
-                let added: Arc<str> = frame::member_added(channel.as_str(), &user_id, info).into();
-                self.broadcast(&channel, Some(id), &added);
+                joined = Some(user_id);
             }
         }
+        if let Some(user_id) = joined {
+            self.local_member_joined(id, &channel, &user_id);
+        }
+        self.cluster_count(&channel);
         debug!("subscribed: connection={} channel={channel}", id.0);
         self.send_subscription_succeeded(id, &channel);
         Ok(())
@@ -445,10 +474,12 @@ impl Node {
     }
 
     fn send_subscription_succeeded(&mut self, id: ConnectionId, channel: &ChannelName) {
-        let roster = self.channels.get(channel).and_then(|c| c.roster.as_ref());
-        let data = match roster {
-            Some(roster) => roster.subscription_data(),
-            None => "{}".to_owned(),
+        let data = match channel.kind() {
+            ChannelKind::Presence => {
+                let members = self.members(channel.as_str());
+                frame::presence_data(members.iter().map(|(id, info)| (*id, *info)))
+            }
+            _ => "{}".to_owned(),
         };
         let frame = frame::subscription_succeeded(channel.as_str(), &data);
         self.send(id, frame.into());
@@ -478,10 +509,16 @@ impl Node {
         };
         if entry.subscribers.is_empty() {
             self.channels.remove(channel);
-        } else if let (true, Some(user_id)) = (user_gone, user_id) {
-            let removed: Arc<str> = frame::member_removed(channel.as_str(), &user_id).into();
-            self.broadcast(channel, None, &removed);
         }
+        if self.shutting_down {
+            // Every remaining subscriber is being closed as well, and the cluster learns of
+            // the departure from one `Bye` message.
+            return;
+        }
+        if let (true, Some(user_id)) = (user_gone, user_id) {
+            self.local_member_left(channel, &user_id);
+        }
+        self.cluster_count(channel);
     }
 
     fn client_event(
@@ -526,9 +563,12 @@ impl Node {
             return Err(ProtocolError::ClientEventRateLimited);
         }
         let (name, user_id) = (name.clone(), user_id.clone());
-        let relayed = frame::client_event(event, name.as_str(), data, user_id.as_deref());
+        let socket_id = connection.socket_id.to_string();
+        let relayed: Arc<str> =
+            frame::client_event(event, name.as_str(), data, user_id.as_deref()).into();
         trace!("client event relayed: connection={} channel={name}", id.0);
-        self.broadcast(&name, Some(id), &relayed.into());
+        self.broadcast(&name, Some(id), &relayed);
+        self.cluster_event(&name, &relayed, Some(socket_id));
         Ok(())
     }
 
@@ -554,6 +594,10 @@ impl Node {
 
     fn send(&mut self, connection: ConnectionId, frame: Arc<str>) {
         self.outputs.push_back(Output::Send { connection, frame });
+    }
+
+    pub(crate) fn push_output(&mut self, output: Output) {
+        self.outputs.push_back(output);
     }
 
     fn close(&mut self, id: ConnectionId, code: u16, reason: &'static str) {

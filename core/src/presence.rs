@@ -42,8 +42,11 @@ impl MemberData {
             Some(b'-' | b'0'..=b'9') => raw_id.to_owned(),
             _ => return Err(SubscribeError::InvalidChannelData),
         };
+        if user_id.is_empty() {
+            return Err(SubscribeError::InvalidChannelData);
+        }
         let max_id = limits.max_presence_user_id_bytes;
-        if user_id.is_empty() || user_id.len() > max_id {
+        if user_id.len() > max_id {
             return Err(SubscribeError::InvalidUserId { max: max_id });
         }
         let max_info = limits.max_presence_user_info_bytes;
@@ -125,11 +128,6 @@ impl Roster {
             .iter()
             .map(|(id, member)| (id.as_ref(), member.info.as_deref()))
     }
-
-    /// Returns the `subscription_succeeded` data: ids, hash and count.
-    pub(crate) fn subscription_data(&self) -> String {
-        crate::frame::presence_data(self.iter())
-    }
 }
 
 #[cfg(test)]
@@ -173,7 +171,7 @@ mod tests {
         );
         assert_eq!(
             member(r#"{"user_id":""}"#).unwrap_err(),
-            SubscribeError::InvalidUserId { max: 128 }
+            SubscribeError::InvalidChannelData
         );
         let big_info = format!(r#"{{"user_id":"a","user_info":"{}"}}"#, "x".repeat(1023));
         assert_eq!(
@@ -193,7 +191,7 @@ mod tests {
         assert_eq!(roster.len(), 2);
         assert_eq!(roster.user_info("a").unwrap().get(), r#"{"n":1}"#);
         assert_eq!(
-            roster.subscription_data(),
+            crate::frame::presence_data(roster.iter()),
             r#"{"presence":{"ids":["a","b"],"hash":{"a":{"n":1},"b":null},"count":2}}"#
         );
         assert!(!roster.leave("a"));

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crier_core::{AppConfig, Config};
+use crier_core::{AppConfig, ClusterConfig, Config};
 use serde::Deserialize;
 
 pub const HELP: &str = "\
@@ -31,12 +31,16 @@ OPTIONS:
                                  4201 [default: 30]
         --disable_client_events  Reject client- events [default: enabled]
         --max_connections N      Connections accepted at once, 4100 above it [default: 100000]
+    -r, --redis_address URL      Join the cluster of every node using this Redis, for example
+                                 redis://127.0.0.1:6379/0 [default: single node, state in memory]
+        --node_timeout SECS      Seconds without heartbeats after which another cluster node
+                                 counts as dead and its presence members are removed [default: 15]
         --pid_file PATH          Write the process id to PATH
     -v, --verbose                Log every connection and client error (debug level)
     -h, --help                   Print this help
 
 Not supported yet, rejected when given:
-    -r, --redis_address, -b, --webhook_url, -c, --cert_file, -p, --private_key_file
+    -b, --webhook_url, -c, --cert_file, -p, --private_key_file
 
 Logging: RUST_LOG overrides the level (for example RUST_LOG=crier=trace).
 ";
@@ -49,6 +53,8 @@ pub struct Settings {
     pub api_host: String,
     pub verbose: bool,
     pub pid_file: Option<PathBuf>,
+    /// Redis URL of the cluster; `None` runs a single node.
+    pub redis_address: Option<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -106,13 +112,14 @@ pub struct FileConfig {
     websocket_port: Option<u16>,
     activity_timeout: Option<u64>,
     pong_timeout: Option<u64>,
+    node_timeout: Option<u64>,
     client_events: Option<bool>,
     max_connections: Option<usize>,
     debug: Option<bool>,
     pid_file: Option<PathBuf>,
     /// Slanger loads this Ruby file; it has no meaning here.
     require: Option<serde_norway::Value>,
-    redis_address: Option<serde_norway::Value>,
+    redis_address: Option<String>,
     webhook_url: Option<serde_norway::Value>,
     tls_options: Option<serde_norway::Value>,
 }
@@ -134,7 +141,6 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Option<Settings>, SettingsError
         return Ok(None);
     }
     for (short, long, what) in [
-        ("-r", "--redis_address", "--redis_address (cluster mode)"),
         ("-b", "--webhook_url", "--webhook_url (webhooks)"),
         ("-c", "--cert_file", "--cert_file (TLS)"),
         ("-p", "--private_key_file", "--private_key_file (TLS)"),
@@ -158,6 +164,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Option<Settings>, SettingsError
         activity_timeout: args.opt_value_from_str("--activity_timeout")?,
         pong_timeout: args.opt_value_from_str("--pong_timeout")?,
         max_connections: args.opt_value_from_str("--max_connections")?,
+        redis_address: args.opt_value_from_str(["-r", "--redis_address"])?,
+        node_timeout: args.opt_value_from_str("--node_timeout")?,
         disable_client_events: args.contains("--disable_client_events"),
         pid_file: args.opt_value_from_str("--pid_file")?,
         verbose: args.contains(["-v", "--verbose"]),
@@ -194,6 +202,8 @@ struct Flags {
     activity_timeout: Option<u64>,
     pong_timeout: Option<u64>,
     max_connections: Option<usize>,
+    redis_address: Option<String>,
+    node_timeout: Option<u64>,
     disable_client_events: bool,
     pid_file: Option<PathBuf>,
     verbose: bool,
@@ -201,9 +211,6 @@ struct Flags {
 
 impl Flags {
     fn merge(self, file: FileConfig) -> Result<Settings, SettingsError> {
-        if file.redis_address.is_some() {
-            return Err(SettingsError::Unsupported("redis_address (cluster mode)"));
-        }
         if file.webhook_url.is_some() {
             return Err(SettingsError::Unsupported("webhook_url (webhooks)"));
         }
@@ -236,6 +243,19 @@ impl Flags {
         if let Some(max) = self.max_connections.or(file.max_connections) {
             core.limits.max_connections = max;
         }
+        let redis_address = self.redis_address.or(file.redis_address);
+        if redis_address.is_some() {
+            let timeout = self.node_timeout.or(file.node_timeout).unwrap_or(15);
+            if !(3..=3600).contains(&timeout) {
+                return Err(SettingsError::Invalid("node_timeout", timeout.to_string()));
+            }
+            core.cluster = Some(ClusterConfig {
+                node_timeout: Duration::from_secs(timeout),
+                // Three heartbeats fit in the timeout, so one lost message kills no node.
+                heartbeat_interval: Duration::from_secs(timeout) / 3,
+                ..ClusterConfig::default()
+            });
+        }
         core.validate().map_err(SettingsError::Core)?;
 
         let websocket_host = self
@@ -258,6 +278,7 @@ impl Flags {
             api_host,
             verbose: self.verbose || file.debug.unwrap_or(false),
             pid_file: self.pid_file.or(file.pid_file),
+            redis_address,
         })
     }
 }
@@ -326,7 +347,7 @@ mod tests {
             Err(SettingsError::Missing(_))
         ));
         assert!(matches!(
-            parse(&["-k", "k", "-s", "s", "-r", "redis://127.0.0.1:6379/0"]),
+            parse(&["-k", "k", "-s", "s", "-b", "http://127.0.0.1/hook"]),
             Err(SettingsError::Unsupported(_))
         ));
         assert!(matches!(
@@ -360,6 +381,8 @@ mod tests {
             activity_timeout: None,
             pong_timeout: None,
             max_connections: None,
+            redis_address: None,
+            node_timeout: None,
             disable_client_events: false,
             pid_file: None,
             verbose: false,

@@ -16,6 +16,8 @@ use futures_lite::future;
 use log::{debug, info, warn};
 use smol::Timer;
 
+use crate::mailbox::Mailbox;
+
 /// Frames a connection may have queued before it counts as too slow and is closed.
 pub const MAILBOX_CAPACITY: usize = 1024;
 
@@ -43,7 +45,7 @@ pub struct OwnedApiRequest {
 pub enum Event {
     Open {
         request: ConnectRequest,
-        reply: Sender<Result<(ConnectionId, Receiver<Outbound>), ConnectError>>,
+        reply: Sender<Result<(ConnectionId, Arc<Mailbox>), ConnectError>>,
     },
     Text(ConnectionId, Utf8Bytes),
     Binary(ConnectionId, usize),
@@ -57,18 +59,30 @@ pub enum Event {
     Shutdown {
         done: Sender<()>,
     },
+    /// A message from another node of the cluster.
+    Cluster(String),
+    /// The cluster subscription is (again) in place.
+    ClusterConnected,
 }
 
-/// The sending half of a connection's mailbox; the driver also keeps a receiver, so it can
-/// drop the queued frames of a connection it closes for being too slow.
-struct Mailbox {
-    sender: Sender<Outbound>,
-    receiver: Receiver<Outbound>,
+/// The node and where its outputs go.
+struct Driver {
+    node: Node,
+    mailboxes: HashMap<ConnectionId, Arc<Mailbox>>,
+    /// Queue of cluster messages to publish; `None` in single-node mode.
+    publish: Option<Sender<Arc<str>>>,
+    dropped_publishes: u64,
 }
 
-/// Runs the node until every event sender is dropped.
-pub async fn run(mut node: Node, events: Receiver<Event>) {
-    let mut mailboxes: HashMap<ConnectionId, Mailbox> = HashMap::new();
+/// Runs the node until every event sender is dropped. `publish` receives the node's cluster
+/// messages in cluster mode.
+pub async fn run(node: Node, events: Receiver<Event>, publish: Option<Sender<Arc<str>>>) {
+    let mut driver = Driver {
+        node,
+        mailboxes: HashMap::new(),
+        publish,
+        dropped_publishes: 0,
+    };
     let mut timer = Timer::never();
     let mut armed: Option<Instant> = None;
     loop {
@@ -77,16 +91,17 @@ pub async fn run(mut node: Node, events: Receiver<Event>) {
             None
         });
         match next.await {
-            Some(Ok(event)) => handle_event(&mut node, &mut mailboxes, event),
+            Some(Ok(event)) => driver.handle_event(event),
             Some(Err(_)) => break,
             None => {
                 armed = None;
-                node.handle_timeout(Instant::now());
+                driver.node.handle_timeout(Instant::now());
             }
         }
-        route_outputs(&mut node, &mut mailboxes);
+        driver.route_outputs();
 
-        let deadline = node.poll_timeout();
+        // Re-arm the timer only when the deadline moved.
+        let deadline = driver.node.poll_timeout();
         if deadline != armed {
             match deadline {
                 Some(at) => timer.set_at(at),
@@ -98,75 +113,92 @@ pub async fn run(mut node: Node, events: Receiver<Event>) {
     debug!("driver stopped");
 }
 
-fn handle_event(node: &mut Node, mailboxes: &mut HashMap<ConnectionId, Mailbox>, event: Event) {
-    let now = Instant::now();
-    match event {
-        Event::Open { request, reply } => {
-            let result = node.open(now, &request).map(|id| {
-                let (sender, receiver) = async_channel::unbounded();
-                let mailbox = Mailbox {
-                    sender,
-                    receiver: receiver.clone(),
-                };
-                mailboxes.insert(id, mailbox);
-                (id, receiver)
-            });
-            if let Err(error) = &result {
-                debug!("connection rejected: {error}");
+impl Driver {
+    fn handle_event(&mut self, event: Event) {
+        let now = Instant::now();
+        let node = &mut self.node;
+        match event {
+            Event::Open { request, reply } => {
+                let result = node.open(now, &request).map(|id| {
+                    let mailbox = Mailbox::new();
+                    self.mailboxes.insert(id, mailbox.clone());
+                    (id, mailbox)
+                });
+                if let Err(error) = &result {
+                    debug!("connection rejected: {error}");
+                }
+                // A failed reply means the socket task is gone; its disconnect follows.
+                let _ = reply.try_send(result);
             }
-            // A failed reply means the socket task is gone; its disconnect follows.
-            let _ = reply.try_send(result);
-        }
-        Event::Text(id, text) => node.handle_text(now, id, &text),
-        Event::Binary(id, len) => node.handle_binary(now, id, len),
-        Event::Activity(id) => node.handle_activity(now, id),
-        Event::Oversized(id) => node.handle_oversized_frame(now, id),
-        Event::Disconnect(id) => {
-            mailboxes.remove(&id);
-            node.handle_disconnect(now, id);
-        }
-        Event::Api { request, reply } => {
-            let response = node.handle_api(now, unix_secs(), &request.as_api_request());
-            let _ = reply.try_send(response);
-        }
-        Event::Shutdown { done } => {
-            info!("closing {} connections with 4200", node.stats().connections);
-            node.shutdown(now);
-            route_outputs(node, mailboxes);
-            let _ = done.try_send(());
+            Event::Text(id, text) => node.handle_text(now, id, &text),
+            Event::Binary(id, len) => node.handle_binary(now, id, len),
+            Event::Activity(id) => node.handle_activity(now, id),
+            Event::Oversized(id) => node.handle_oversized_frame(now, id),
+            Event::Disconnect(id) => {
+                self.mailboxes.remove(&id);
+                node.handle_disconnect(now, id);
+            }
+            Event::Api { request, reply } => {
+                let response = node.handle_api(now, unix_secs(), &request.as_api_request());
+                let _ = reply.try_send(response);
+            }
+            Event::Cluster(payload) => node.handle_cluster(now, &payload),
+            Event::ClusterConnected => node.handle_cluster_connected(now),
+            Event::Shutdown { done } => {
+                info!("closing {} connections with 4200", node.stats().connections);
+                node.shutdown(now);
+                self.route_outputs();
+                let _ = done.try_send(());
+            }
         }
     }
-}
 
-/// Delivers every queued output to its connection's mailbox.
-fn route_outputs(node: &mut Node, mailboxes: &mut HashMap<ConnectionId, Mailbox>) {
-    while let Some(output) = node.poll_output() {
-        match output {
-            Output::Send { connection, frame } => {
-                let Some(mailbox) = mailboxes.get(&connection) else {
-                    continue;
-                };
-                if mailbox.sender.len() >= MAILBOX_CAPACITY {
-                    // Too slow: drop its backlog so the memory is released now.
-                    while mailbox.receiver.try_recv().is_ok() {}
-                    node.handle_backpressure(Instant::now(), connection);
-                    continue;
+    /// Delivers every queued output to its connection's mailbox or to the cluster.
+    fn route_outputs(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { connection, frame } => {
+                    let Some(mailbox) = self.mailboxes.get(&connection) else {
+                        continue;
+                    };
+                    if mailbox.len() >= MAILBOX_CAPACITY {
+                        // Too slow: drop its backlog so the memory is released now.
+                        mailbox.clear();
+                        self.node.handle_backpressure(Instant::now(), connection);
+                        continue;
+                    }
+                    mailbox.push(Outbound::Text(frame));
                 }
-                let _ = mailbox.sender.try_send(Outbound::Text(frame));
+                Output::Ping { connection } => {
+                    if let Some(mailbox) = self.mailboxes.get(&connection) {
+                        mailbox.push(Outbound::Ping);
+                    }
+                }
+                Output::Close {
+                    connection,
+                    code,
+                    reason,
+                } => {
+                    if let Some(mailbox) = self.mailboxes.remove(&connection) {
+                        mailbox.push(Outbound::Close(code, reason));
+                    }
+                }
+                Output::Publish { payload } => self.publish(payload),
             }
-            Output::Ping { connection } => {
-                if let Some(mailbox) = mailboxes.get(&connection) {
-                    let _ = mailbox.sender.try_send(Outbound::Ping);
-                }
-            }
-            Output::Close {
-                connection,
-                code,
-                reason,
-            } => {
-                if let Some(mailbox) = mailboxes.remove(&connection) {
-                    let _ = mailbox.sender.try_send(Outbound::Close(code, reason));
-                }
+        }
+    }
+
+    fn publish(&mut self, payload: Arc<str>) {
+        let Some(publish) = &self.publish else {
+            return;
+        };
+        if publish.try_send(payload).is_err() {
+            self.dropped_publishes += 1;
+            if self.dropped_publishes.is_power_of_two() {
+                warn!(
+                    "cluster messages dropped because redis is slow or away: {} so far",
+                    self.dropped_publishes
+                );
             }
         }
     }

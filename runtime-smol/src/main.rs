@@ -4,6 +4,8 @@
 mod config;
 mod driver;
 mod http;
+mod mailbox;
+mod redis;
 mod server;
 mod ws;
 
@@ -92,8 +94,19 @@ fn run(settings: Settings) -> Result<(), String> {
         max_body_bytes: limits.max_api_body_bytes,
         live: Arc::new(AtomicUsize::new(0)),
     };
+    let redis_address = settings.redis_address.clone();
     let result = smol::block_on(executor.run(async {
-        executor.spawn(driver::run(node, inbox)).detach();
+        let publish = match &redis_address {
+            Some(address) => {
+                let channel = format!("crier:{}", node.config().app.key);
+                let events = services.events.clone();
+                Some(redis::start(address, channel, events, &executor).await?)
+            }
+            None => None,
+        };
+        executor
+            .spawn(driver::run(node, inbox, publish.clone()))
+            .detach();
         let accept_tasks: Vec<_> = listeners
             .into_iter()
             .map(|(listener, role)| {
@@ -107,6 +120,14 @@ fn run(settings: Settings) -> Result<(), String> {
             task.cancel().await;
         }
         shut_down(&services).await;
+        if let Some(publish) = publish {
+            // Give the `Bye` message a moment to reach Redis, so other nodes drop this
+            // node's members at once instead of after the node timeout.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !publish.is_empty() && Instant::now() < deadline {
+                Timer::after(Duration::from_millis(10)).await;
+            }
+        }
         Ok(())
     }));
     drop(stop);

@@ -87,11 +87,23 @@ async fn serve(stream: Async<TcpStream>, peer: SocketAddr, role: Role, services:
         role => role,
     };
     match role {
+        // Boxed, so each task holds only the state of the protocol it serves.
         Role::WebSocket => {
-            ws::serve(stream, peer, services.events.clone(), services.websocket).await;
+            Box::pin(ws::serve(
+                stream,
+                peer,
+                services.events.clone(),
+                services.websocket,
+            ))
+            .await;
         }
         Role::Api | Role::Both => {
-            http::serve(stream, services.events.clone(), services.max_body_bytes).await;
+            Box::pin(http::serve(
+                stream,
+                services.events.clone(),
+                services.max_body_bytes,
+            ))
+            .await;
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -20,6 +20,7 @@ use log::{debug, trace};
 use smol::{Async, Timer};
 
 use crate::driver::{Event, Outbound};
+use crate::mailbox::Mailbox;
 
 /// Time a client has to complete the WebSocket upgrade.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +33,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Initial capacity of a connection's read buffer. Pusher frames are small, and an idle
 /// connection keeps this buffer, so it is sized for memory rather than throughput.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 256;
 
 type Socket = WebSocketStream<Async<TcpStream>>;
 
@@ -54,21 +55,31 @@ pub async fn serve(
     events: Sender<Event>,
     config: WebSocketConfig,
 ) {
-    let Some((socket, request)) = upgrade(stream, peer, config).await else {
-        return;
-    };
-    let (reply, opened) = async_channel::bounded(1);
-    if events.send(Event::Open { request, reply }).await.is_err() {
-        return;
+    // Boxed, so the handshake's state is freed once the connection is open: an idle
+    // connection then holds only the state of `run`.
+    if let Some((socket, id, mailbox)) = Box::pin(open(stream, peer, &events, config)).await {
+        run(socket, id, mailbox, events).await;
     }
-    match opened.recv().await {
-        Ok(Ok((id, mailbox))) => run(socket, id, mailbox, events).await,
-        Ok(Err(error)) => {
-            let mut socket = socket;
+}
+
+/// Upgrades the connection and registers it with the node. A rejected connection gets its
+/// `pusher:error` and close code here.
+async fn open(
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    events: &Sender<Event>,
+    config: WebSocketConfig,
+) -> Option<(Socket, ConnectionId, Arc<Mailbox>)> {
+    let (mut socket, request) = upgrade(stream, peer, config).await?;
+    let (reply, opened) = async_channel::bounded(1);
+    events.send(Event::Open { request, reply }).await.ok()?;
+    match opened.recv().await.ok()? {
+        Ok((id, mailbox)) => Some((socket, id, mailbox)),
+        Err(error) => {
             let _ = socket.send(Message::text(error.frame())).await;
             close(&mut socket, error.close_code(), error.message()).await;
+            None
         }
-        Err(_) => {}
     }
 }
 
@@ -126,19 +137,14 @@ fn select_subprotocol(request: &Request, mut response: Response) -> Response {
 
 enum Step {
     Inbound(Option<Result<Message, WsError>>),
-    Outbound(Option<Outbound>),
+    Outbound(Outbound),
 }
 
 /// Forwards frames both ways until either side closes.
-async fn run(
-    mut socket: Socket,
-    id: ConnectionId,
-    mailbox: Receiver<Outbound>,
-    events: Sender<Event>,
-) {
+async fn run(mut socket: Socket, id: ConnectionId, mailbox: Arc<Mailbox>, events: Sender<Event>) {
     let mut reading = true;
     loop {
-        let outbound = async { Step::Outbound(mailbox.recv().await.ok()) };
+        let outbound = async { Step::Outbound(mailbox.pop().await) };
         let step = if reading {
             future::or(outbound, async { Step::Inbound(socket.next().await) }).await
         } else {
@@ -165,12 +171,12 @@ async fn run(
                 trace!("websocket read failed: connection={} {error}", id.0);
                 break;
             }
-            Step::Inbound(None) | Step::Outbound(None) => break,
-            Step::Outbound(Some(Outbound::Close(code, reason))) => {
+            Step::Inbound(None) => break,
+            Step::Outbound(Outbound::Close(code, reason)) => {
                 close(&mut socket, code, reason).await;
                 break;
             }
-            Step::Outbound(Some(outbound)) => {
+            Step::Outbound(outbound) => {
                 if write(&mut socket, outbound).await.is_err() {
                     break;
                 }

@@ -1,0 +1,6 @@
+//! Helpers for benchmarks that run the crier daemon as a child process and
+//! drive it with Pusher Channels WebSocket clients.
+
+pub mod client;
+pub mod proc_status;
+pub mod server;
