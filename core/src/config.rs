@@ -159,6 +159,15 @@ impl Config {
         if self.pong_timeout.is_zero() || pong_secs > u64::from(u32::MAX) {
             return Err(ConfigError::InvalidPongTimeout);
         }
+        if let Some(cluster) = &self.cluster {
+            let heartbeat = cluster.heartbeat_interval;
+            if heartbeat.is_zero() || cluster.node_timeout <= heartbeat {
+                return Err(ConfigError::InvalidClusterTimeouts);
+            }
+            if cluster.node_timeout.as_secs() > u64::from(u32::MAX) {
+                return Err(ConfigError::InvalidClusterTimeouts);
+            }
+        }
         Ok(())
     }
 }

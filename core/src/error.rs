@@ -601,6 +601,8 @@ pub enum ConfigError {
     InvalidActivityTimeout,
     /// The pong timeout is zero or longer than `u32::MAX` seconds.
     InvalidPongTimeout,
+    /// The cluster heartbeat interval is zero or not shorter than the node timeout.
+    InvalidClusterTimeouts,
 }
 
 impl fmt::Display for ConfigError {
@@ -620,6 +622,9 @@ impl fmt::Display for ConfigError {
             Self::InvalidPongTimeout => {
                 f.write_str("pong timeout must be greater than zero and at most 4294967295 seconds")
             }
+            Self::InvalidClusterTimeouts => f.write_str(
+                "cluster heartbeat interval must be greater than zero and shorter than the node timeout",
+            ),
         }
     }
 }

@@ -108,6 +108,9 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de Raw
 impl<'a> ClientFrame<'a> {
     /// Parses one WebSocket text frame.
     pub fn parse(text: &'a str) -> Result<Self, ProtocolError> {
+        if !is_json_object(text) {
+            return Err(ProtocolError::InvalidJson);
+        }
         let envelope: Envelope<'a> =
             serde_json::from_str(text).map_err(|_| ProtocolError::InvalidJson)?;
         let frame = match envelope.event.as_ref() {
@@ -139,13 +142,25 @@ fn pusher_data<T: DeserializeOwned>(
 ) -> Result<T, ProtocolError> {
     let invalid = |problem| ProtocolError::InvalidEventData { event, problem };
     let raw = data.ok_or(invalid("data is missing"))?.get();
-    let parsed = if raw.starts_with('"') {
+    let expected = || invalid("expected an object with a string channel");
+    if raw.starts_with('"') {
         let inner: String = serde_json::from_str(raw).map_err(|_| invalid("invalid string"))?;
-        serde_json::from_str(&inner)
+        if !is_json_object(&inner) {
+            return Err(expected());
+        }
+        serde_json::from_str(&inner).map_err(|_| expected())
+    } else if is_json_object(raw) {
+        serde_json::from_str(raw).map_err(|_| expected())
     } else {
-        serde_json::from_str(raw)
-    };
-    parsed.map_err(|_| invalid("expected an object with a string channel"))
+        Err(expected())
+    }
+}
+
+/// Returns whether `text` holds a JSON object rather than another value. serde fills a
+/// struct from a JSON array too, field by field, so this is checked before parsing.
+pub(crate) fn is_json_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
 }
 
 #[derive(Serialize)]

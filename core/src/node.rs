@@ -378,7 +378,9 @@ impl Node {
                 "subscription rejected: socket_id={socket_id:?} channel={:?} {error}",
                 data.channel
             );
-            let channel = crate::error::truncate(&data.channel, 200);
+            // The message quotes at most 200 bytes of the name; the channel field carries it
+            // whole, so that the client library can route the error to that channel.
+            let channel = data.channel.as_str();
             self.send(id, frame::error(None, &error.message(channel)).into());
             let rejection = frame::subscription_error(
                 channel,

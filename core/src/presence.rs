@@ -33,6 +33,9 @@ impl MemberData {
             #[serde(default)]
             user_info: Option<Box<RawValue>>,
         }
+        if !crate::frame::is_json_object(channel_data) {
+            return Err(SubscribeError::InvalidChannelData);
+        }
         let data: ChannelData =
             serde_json::from_str(channel_data).map_err(|_| SubscribeError::InvalidChannelData)?;
         let raw_id = data.user_id.get();
@@ -152,6 +155,8 @@ mod tests {
             r#"{"user_id":{}}"#,
             r#"{"user_info":{}}"#,
             r#"[]"#,
+            r#"[1,2]"#,
+            r#"["u-1",{"name":"Ada"}]"#,
             "not json",
         ] {
             assert_eq!(

@@ -58,6 +58,10 @@ fn init_logging(verbose: bool) {
 }
 
 fn run(settings: Settings) -> Result<(), String> {
+    // Installed before the listeners are announced, so a signal sent as soon as the address
+    // is logged still shuts down cleanly.
+    let signals = Signals::new([Signal::Term, Signal::Int])
+        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
     let listeners = bind(&settings)?;
     if let Some(path) = &settings.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
@@ -114,7 +118,7 @@ fn run(settings: Settings) -> Result<(), String> {
                 executor.spawn(task)
             })
             .collect();
-        let signal = wait_for_signal().await?;
+        let signal = wait_for_signal(signals).await?;
         info!("received {signal:?}, shutting down");
         for task in accept_tasks {
             task.cancel().await;
@@ -165,9 +169,7 @@ fn bind(settings: &Settings) -> Result<Vec<(Async<TcpListener>, Role)>, String> 
     Ok(listeners)
 }
 
-async fn wait_for_signal() -> Result<Signal, String> {
-    let mut signals = Signals::new([Signal::Term, Signal::Int])
-        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+async fn wait_for_signal(mut signals: Signals) -> Result<Signal, String> {
     match signals.next().await {
         Some(Ok(signal)) => Ok(signal),
         Some(Err(error)) => Err(format!("cannot wait for signals: {error}")),

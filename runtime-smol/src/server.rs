@@ -31,7 +31,8 @@ pub struct Services {
     pub events: Sender<Event>,
     pub websocket: WebSocketConfig,
     pub max_body_bytes: usize,
-    /// Connection tasks still running, so shutdown can wait for them.
+    /// WebSocket tasks still running, so shutdown can wait for their 4200 closes. HTTP
+    /// connections are not counted: an idle keep-alive connection has nothing to flush.
     pub live: Arc<AtomicUsize>,
 }
 
@@ -53,12 +54,8 @@ pub async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let services = services.clone();
-                services.live.fetch_add(1, Ordering::SeqCst);
                 executor
-                    .spawn(async move {
-                        serve(stream, peer, role, &services).await;
-                        services.live.fetch_sub(1, Ordering::SeqCst);
-                    })
+                    .spawn(async move { serve(stream, peer, role, &services).await })
                     .detach();
             }
             Err(error) => {
@@ -89,13 +86,10 @@ async fn serve(stream: Async<TcpStream>, peer: SocketAddr, role: Role, services:
     match role {
         // Boxed, so each task holds only the state of the protocol it serves.
         Role::WebSocket => {
-            Box::pin(ws::serve(
-                stream,
-                peer,
-                services.events.clone(),
-                services.websocket,
-            ))
-            .await;
+            services.live.fetch_add(1, Ordering::SeqCst);
+            let events = services.events.clone();
+            Box::pin(ws::serve(stream, peer, events, services.websocket)).await;
+            services.live.fetch_sub(1, Ordering::SeqCst);
         }
         Role::Api | Role::Both => {
             Box::pin(http::serve(

@@ -395,3 +395,33 @@ fn client_event_null_data() {
     };
     assert_eq!(data.map(RawValue::get), Some("null"));
 }
+
+#[test]
+fn parse_rejects_json_array_frames() {
+    assert_eq!(
+        ClientFrame::parse(r#"["pusher:ping"]"#),
+        Err(ProtocolError::InvalidJson)
+    );
+    assert_eq!(
+        ClientFrame::parse(r#"  ["client-a", "private-a"]"#),
+        Err(ProtocolError::InvalidJson)
+    );
+    assert_eq!(
+        ClientFrame::parse(r#" {"event":"pusher:ping"}"#),
+        Ok(ClientFrame::Ping)
+    );
+}
+
+#[test]
+fn parse_rejects_subscribe_data_arrays() {
+    let error = ClientFrame::parse(r#"{"event":"pusher:subscribe","data":["orders"]}"#);
+    assert!(
+        matches!(error, Err(ProtocolError::InvalidEventData { .. })),
+        "{error:?}"
+    );
+    let error = ClientFrame::parse(r#"{"event":"pusher:subscribe","data":"[\"orders\"]"}"#);
+    assert!(
+        matches!(error, Err(ProtocolError::InvalidEventData { .. })),
+        "{error:?}"
+    );
+}
