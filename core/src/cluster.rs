@@ -4,9 +4,10 @@
 //! Each node replicates what the others announce: per remote node, its channels' subscription
 //! counts and its presence members. A node announces its own state when the cluster
 //! connection comes up and on request, sends a heartbeat every interval, and forgets a node
-//! whose heartbeats stop. `member_added` and `member_removed` are decided on the union of the
-//! local roster and every remote one, so each subscriber sees one event per user transition
-//! wherever that user's sockets are.
+//! whose heartbeats stop. It requests the state of a node it hears from while not tracking it,
+//! such as one forgotten while its messages were lost. `member_added` and `member_removed`
+//! are decided on the union of the local roster and every remote one, so each subscriber sees
+//! one event per user transition wherever that user's sockets are.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -194,7 +195,13 @@ impl Node {
 
     /// Handles one message published by a node of the cluster (including this one, whose
     /// own messages are ignored). Malformed messages are logged and dropped.
+    // NOTE: messages carry no sequence number, so the node cannot detect a lost message. A
+    // host that drops messages must call `handle_cluster_connected` afterwards; otherwise a
+    // lost `Leave` leaves a ghost member until the sender's next `State`.
     pub fn handle_cluster(&mut self, now: Instant, payload: &str) {
+        if self.shutting_down {
+            return;
+        }
         let Some(cluster) = &mut self.cluster else {
             return;
         };
@@ -209,7 +216,9 @@ impl Node {
         if sender == cluster.id {
             return;
         }
-        if !cluster.remotes.contains_key(&sender) {
+
+        let unknown = !cluster.remotes.contains_key(&sender);
+        if unknown {
             if cluster.remotes.len() >= cluster.config.max_nodes {
                 warn!(
                     "ignoring node {sender:x}: {} nodes already tracked",
@@ -220,7 +229,16 @@ impl Node {
             debug!("cluster node seen: node={sender:x}");
         }
         cluster.remotes.entry(sender).or_default().last_seen = Some(now);
+
+        // A node heard from without its `State` first, for example one timed out while its
+        // messages were lost, may have members missing here, so request its state.
+        let ask_state = unknown && !matches!(message, Message::State { .. } | Message::Bye { .. });
+        let node = cluster.id;
         self.apply(sender, message);
+        if ask_state {
+            info!("cluster node seen before its state, requesting it: node={sender:x}");
+            self.publish_cluster(&Message::SyncRequest { node });
+        }
     }
 
     fn apply(&mut self, sender: u64, message: Message) {
@@ -283,11 +301,15 @@ impl Node {
         }
     }
 
-    /// Announces that this node leaves the cluster, so others drop its members at once.
+    /// Announces that this node leaves the cluster, so the others drop its members at once.
+    /// Also stops the heartbeat, which would make them track this node again.
     pub(crate) fn cluster_bye(&mut self) {
-        if let Some(node) = self.cluster_id() {
-            self.publish_cluster(&Message::Bye { node });
-        }
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        cluster.next_heartbeat = None;
+        let node = cluster.id;
+        self.publish_cluster(&Message::Bye { node });
     }
 
     /// Returns whether any other node has `user_id` in `channel`'s roster.
@@ -309,6 +331,9 @@ impl Node {
 
     /// Returns the cluster-wide roster of `channel`: user id to `user_info`, the local copy
     /// first.
+    // NOTE: a user who joined on several nodes with different `user_info` is listed with each
+    // node's own copy, so nodes can disagree on it, unlike the single-node rule that the first
+    // socket's `user_info` stays.
     pub(crate) fn members(&self, channel: &str) -> BTreeMap<&str, Option<&RawValue>> {
         let mut members = BTreeMap::new();
         if let Some(roster) = self.channels.get(channel).and_then(|c| c.roster.as_ref()) {
@@ -330,14 +355,13 @@ impl Node {
             .channels
             .get(channel)
             .map_or(0, |c| c.subscribers.len());
-        let remote: usize = self
-            .cluster
+        // Counts from other nodes are added with saturation, so a bad one cannot overflow.
+        self.cluster
             .iter()
             .flat_map(|c| c.remotes.values())
             .filter_map(|node| node.channels.get(channel))
             .map(|c| c.count)
-            .sum();
-        local + remote
+            .fold(local, usize::saturating_add)
     }
 
     /// Returns every channel with a subscriber on any node, in name order.
@@ -477,13 +501,15 @@ impl Node {
         let Some(channel) = self.remote_channel_name(channel) else {
             return;
         };
-        let Some(remote) = self.remote_channel_mut(sender, &channel) else {
-            return;
-        };
-        let Some((user_id, _)) = remote.members.remove_entry(user_id) else {
-            return;
-        };
+        let removed = self
+            .remote_channel_mut(sender, &channel)
+            .and_then(|remote| remote.members.remove_entry(user_id));
+        // Pruning also drops the empty entry `remote_channel_mut` creates when the leave names
+        // a channel unknown for the sender.
         self.prune_remote_channel(sender, &channel);
+        let Some((user_id, _)) = removed else {
+            return;
+        };
         if !self.member_present(channel.as_str(), &user_id) {
             self.announce(Transition::Removed(channel, user_id));
         }
@@ -653,3 +679,6 @@ impl Message {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

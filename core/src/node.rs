@@ -93,7 +93,7 @@ pub struct Node {
     pub(crate) channels: BTreeMap<ChannelName, Channel>,
     timers: TimerTable,
     outputs: VecDeque<Output>,
-    shutting_down: bool,
+    pub(crate) shutting_down: bool,
     pub(crate) cluster: Option<Cluster>,
 }
 

@@ -127,13 +127,12 @@ fn is_channel(value: &Value, channel: &str) -> bool {
     matches!(value, Value::BulkString(name) if name == channel.as_bytes())
 }
 
-/// Hands received messages to the driver, waiting while its channel is full.
-async fn receive_loop(
-    received: Receiver<Inbound>,
-    events: Sender<Event>,
-    _dropped: Arc<AtomicU64>,
-) {
+/// Hands received messages to the driver, waiting while its channel is full. After messages
+/// were dropped it makes the node announce its state and request everyone else's, because
+/// a lost `Leave` would otherwise leave a ghost member.
+async fn receive_loop(received: Receiver<Inbound>, events: Sender<Event>, dropped: Arc<AtomicU64>) {
     let mut connected = true;
+    let mut dropped_seen = 0;
     while let Ok(item) = received.recv().await {
         let event = match item {
             Inbound::Message(payload) => Event::Cluster(payload),
@@ -154,6 +153,13 @@ async fn receive_loop(
         };
         if events.send(event).await.is_err() {
             break;
+        }
+        let dropped_now = dropped.load(Ordering::Relaxed);
+        if dropped_now != dropped_seen && received.is_empty() {
+            dropped_seen = dropped_now;
+            if events.send(Event::ClusterConnected).await.is_err() {
+                break;
+            }
         }
     }
 }
