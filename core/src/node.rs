@@ -75,6 +75,18 @@ pub struct NodeStats {
     pub pending_outputs: usize,
 }
 
+/// A connection's socket id in log lines.
+struct LogId(Option<SocketId>);
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(socket_id) => socket_id.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// Subscribers of one channel, and its roster when it is a presence channel.
 #[derive(Debug, Default)]
 pub(crate) struct Channel {
@@ -219,7 +231,10 @@ impl Node {
     /// `pusher:error` 4100 ahead of the close.
     pub fn handle_backpressure(&mut self, _now: Instant, connection: ConnectionId) {
         if self.connections.contains_key(&connection) {
-            debug!("closing slow connection: connection={}", connection.0);
+            debug!(
+                "closing slow connection: socket_id={}",
+                self.log_id(connection)
+            );
             let message = "Client too slow to read its messages, reconnect";
             self.send(connection, frame::error(Some(4100), message).into());
             self.close(connection, 4100, "Client too slow to read its messages");
@@ -229,8 +244,9 @@ impl Node {
     /// Releases the state of a connection whose socket is gone (closed by the peer or
     /// failed). Other members of its presence channels get `member_removed` where due.
     pub fn handle_disconnect(&mut self, _now: Instant, connection: ConnectionId) {
+        let socket_id = self.log_id(connection);
         if self.remove_connection(connection) {
-            debug!("connection closed by peer: connection={}", connection.0);
+            debug!("connection closed by peer: socket_id={socket_id}");
         }
     }
 
@@ -256,7 +272,7 @@ impl Node {
         self.cluster_timeout(now);
         let activity = self.config.activity_timeout;
         let pong = self.config.pong_timeout;
-        while let Some((at, id)) = self.timers.pop_due(now) {
+        while let Some((_, id)) = self.timers.pop_due(now) {
             let Some(connection) = self.connections.get_mut(&id) else {
                 continue;
             };
@@ -270,10 +286,7 @@ impl Node {
                 self.timers.insert(now + pong, id);
                 self.outputs.push_back(Output::Ping { connection: id });
             } else {
-                debug!(
-                    "pong not received, closing: connection={} since={at:?}",
-                    id.0
-                );
+                debug!("pong not received, closing: socket_id={}", self.log_id(id));
                 self.send(
                     id,
                     frame::error(Some(4201), "Pong reply not received").into(),
@@ -360,10 +373,10 @@ impl Node {
     }
 
     fn reject_frame(&mut self, id: ConnectionId, error: ProtocolError) {
-        let socket_id = self.connections.get(&id).map(|c| c.socket_id);
+        let code = error.code();
         debug!(
-            "client error: socket_id={socket_id:?} code={:?} {error}",
-            error.code()
+            "client error: socket_id={} code={code:?} {error}",
+            self.log_id(id)
         );
         match error.close_code() {
             Some(code) => self.close(id, code, "Message too big"),
@@ -373,11 +386,9 @@ impl Node {
 
     fn subscribe(&mut self, id: ConnectionId, data: SubscribeData) {
         if let Err(error) = self.try_subscribe(id, &data) {
-            let socket_id = self.connections.get(&id).map(|c| c.socket_id);
-            debug!(
-                "subscription rejected: socket_id={socket_id:?} channel={:?} {error}",
-                data.channel
-            );
+            let channel = crate::error::truncate(&data.channel, 200);
+            let socket_id = self.log_id(id);
+            debug!("subscription rejected: socket_id={socket_id} channel={channel:?} {error}");
             // The message quotes at most 200 bytes of the name; the channel field carries it
             // whole, so that the client library can route the error to that channel.
             let channel = data.channel.as_str();
@@ -439,7 +450,10 @@ impl Node {
             self.local_member_joined(id, &channel, &user_id);
         }
         self.cluster_count(&channel);
-        debug!("subscribed: connection={} channel={channel}", id.0);
+        debug!(
+            "subscribed: socket_id={} channel={channel}",
+            self.log_id(id)
+        );
         self.send_subscription_succeeded(id, &channel);
         Ok(())
     }
@@ -494,7 +508,10 @@ impl Node {
         let Some((channel, user_id)) = connection.channels.remove_entry(channel) else {
             return;
         };
-        debug!("unsubscribed: connection={} channel={channel}", id.0);
+        debug!(
+            "unsubscribed: socket_id={} channel={channel}",
+            self.log_id(id)
+        );
         self.leave_channel(id, &channel, user_id);
     }
 
@@ -568,7 +585,10 @@ impl Node {
         let socket_id = connection.socket_id.to_string();
         let relayed: Arc<str> =
             frame::client_event(event, name.as_str(), data, user_id.as_deref()).into();
-        trace!("client event relayed: connection={} channel={name}", id.0);
+        trace!(
+            "client event relayed: socket_id={} channel={name}",
+            connection.socket_id
+        );
         self.broadcast(&name, Some(id), &relayed);
         self.cluster_event(&name, &relayed, Some(socket_id));
         Ok(())
@@ -623,6 +643,11 @@ impl Node {
             self.leave_channel(id, &channel, user_id);
         }
         true
+    }
+
+    /// Returns the socket id to show in logs for a connection, or `-` once it is gone.
+    fn log_id(&self, id: ConnectionId) -> LogId {
+        LogId(self.connections.get(&id).map(|c| c.socket_id))
     }
 
     fn new_socket_id(&mut self) -> Option<SocketId> {

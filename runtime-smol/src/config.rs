@@ -36,11 +36,15 @@ OPTIONS:
         --node_timeout SECS      Seconds without heartbeats after which another cluster node
                                  counts as dead and its presence members are removed [default: 15]
         --pid_file PATH          Write the process id to PATH
-    -v, --verbose                Log every connection and client error (debug level)
+    -v, --verbose                Log every connection and client error (debug level);
+                                 --no-verbose is accepted and changes nothing
+    -V, --version                Print the version
     -h, --help                   Print this help
 
-Not supported yet, rejected when given:
+Not supported yet, rejected when given (also as config file keys):
     -b, --webhook_url, -c, --cert_file, -p, --private_key_file
+Rejected because they load Ruby code (the config key require is ignored with a warning):
+    -i, --require
 
 Logging: RUST_LOG overrides the level (for example RUST_LOG=crier=trace).
 ";
@@ -91,6 +95,15 @@ impl fmt::Display for SettingsError {
                 write!(f, "invalid config file {}: {error}", path.display())
             }
             Self::Missing(what) => write!(f, "missing {what} (see --help)"),
+            Self::Invalid(what @ ("websocket_host" | "api_host"), value) => write!(
+                f,
+                "invalid {what}: {value:?}, expected HOST:PORT such as 127.0.0.1:8080 \
+                 (in the config file the host and port are separate keys)"
+            ),
+            Self::Invalid(what @ "redis_address", value) => write!(
+                f,
+                "invalid {what}: {value:?}, expected a URL such as redis://127.0.0.1:6379/0"
+            ),
             Self::Invalid(what, value) => write!(f, "invalid {what}: {value:?}"),
             Self::Core(error) => write!(f, "invalid configuration: {error}"),
         }
@@ -107,8 +120,10 @@ pub struct FileConfig {
     secret: Option<String>,
     app_id: Option<String>,
     api_host: Option<String>,
+    #[serde(default, deserialize_with = "port")]
     api_port: Option<u16>,
     websocket_host: Option<String>,
+    #[serde(default, deserialize_with = "port")]
     websocket_port: Option<u16>,
     activity_timeout: Option<u64>,
     pong_timeout: Option<u64>,
@@ -130,15 +145,50 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_norway::from_str(text)
+        let mut value: serde_norway::Value = serde_norway::from_str(text)?;
+        // Slanger's files are read by Ruby, where `:app_key:` names the same key.
+        if let serde_norway::Value::Mapping(mapping) = &mut value {
+            let entries = std::mem::take(mapping);
+            for (key, entry) in entries {
+                let key = match key {
+                    serde_norway::Value::String(name) => match name.strip_prefix(':') {
+                        Some(bare) => serde_norway::Value::String(bare.to_owned()),
+                        None => serde_norway::Value::String(name),
+                    },
+                    other => other,
+                };
+                mapping.insert(key, entry);
+            }
+        }
+        serde_norway::from_value(value)
+    }
+}
+
+/// Reads a port given as a number or, as in Slanger's defaults, as a string.
+fn port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    match Option::<Port>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Port::Number(port)) => Ok(Some(port)),
+        Some(Port::Text(text)) => text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("invalid port {text:?}, expected 0 to 65535"))
+        }),
     }
 }
 
 /// Parses the command line (without the program name) into settings.
-pub fn parse_args(args: Vec<OsString>) -> Result<Option<Settings>, SettingsError> {
+pub fn parse_args(args: Vec<OsString>) -> Result<Option<Command>, SettingsError> {
     let mut args = pico_args::Arguments::from_vec(args);
     if args.contains(["-h", "--help"]) {
         return Ok(None);
+    }
+    if args.contains(["-V", "--version"]) {
+        return Ok(Some(Command::Version));
     }
     for (short, long, what) in [
         ("-b", "--webhook_url", "--webhook_url (webhooks)"),
@@ -170,6 +220,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Option<Settings>, SettingsError
         pid_file: args.opt_value_from_str("--pid_file")?,
         verbose: args.contains(["-v", "--verbose"]),
     };
+    // Slanger's `--[no-]verbose`: debug logging is off unless asked for.
+    let _ = args.contains("--no-verbose");
     let rest = args.finish();
     if !rest.is_empty() {
         return Err(SettingsError::UnknownArguments(rest));
@@ -183,7 +235,16 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Option<Settings>, SettingsError
         }
         None => FileConfig::default(),
     };
-    flags.merge(file).map(Some)
+    flags
+        .merge(file)
+        .map(|settings| Some(Command::Run(Box::new(settings))))
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Settings>),
+    Version,
 }
 
 impl From<pico_args::Error> for SettingsError {
@@ -265,12 +326,13 @@ impl Flags {
             .api_host
             .unwrap_or_else(|| host_port(file.api_host, file.api_port, 4567));
         for (what, address) in [("websocket_host", &websocket_host), ("api_host", &api_host)] {
-            if address
-                .rsplit_once(':')
-                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-            {
+            if !is_host_port(address) {
                 return Err(SettingsError::Invalid(what, address.clone()));
             }
+        }
+        if let Some(address) = &redis_address {
+            redis::IntoConnectionInfo::into_connection_info(address.as_str())
+                .map_err(|_| SettingsError::Invalid("redis_address", address.clone()))?;
         }
         Ok(Settings {
             core,
@@ -281,6 +343,15 @@ impl Flags {
             redis_address,
         })
     }
+}
+
+/// Checks the form `HOST:PORT`, where an IPv6 host is in brackets.
+fn is_host_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty() && (!host.contains(':') || host.starts_with('['));
+    host_ok && port.parse::<u16>().is_ok()
 }
 
 /// Joins Slanger's separate host and port keys into `host:port`.
@@ -294,7 +365,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Option<Settings>, SettingsError> {
-        parse_args(args.iter().map(OsString::from).collect())
+        let command = parse_args(args.iter().map(OsString::from).collect())?;
+        Ok(command.map(|command| match command {
+            Command::Run(settings) => *settings,
+            Command::Version => panic!("unexpected --version"),
+        }))
     }
 
     #[test]
@@ -394,6 +469,34 @@ mod tests {
         assert_eq!(settings.websocket_host, "127.0.0.1:5001");
         assert_eq!(settings.core.activity_timeout, Duration::from_secs(60));
         assert!(settings.verbose);
+    }
+
+    #[test]
+    fn yaml_file_takes_ruby_keys_and_string_ports() {
+        let file = FileConfig::parse(":app_key: rk\n:secret: rs\napi_port: \"5002\"\n").unwrap();
+        assert_eq!(file.app_key.as_deref(), Some("rk"));
+        assert_eq!(file.secret.as_deref(), Some("rs"));
+        assert_eq!(file.api_port, Some(5002));
+        assert!(FileConfig::parse("api_port: \"http\"\n").is_err());
+    }
+
+    #[test]
+    fn host_port_form_is_checked() {
+        assert!(is_host_port("127.0.0.1:8080"));
+        assert!(is_host_port("localhost:0"));
+        assert!(is_host_port("[::1]:8080"));
+        assert!(!is_host_port("127.0.0.1"));
+        assert!(!is_host_port("127.0.0.1:0:8080"));
+        assert!(!is_host_port(":8080"));
+        assert!(!is_host_port("127.0.0.1:99999"));
+    }
+
+    #[test]
+    fn invalid_redis_address_fails() {
+        assert!(matches!(
+            parse(&["-k", "k", "-s", "s", "-r", "127.0.0.1:6379"]),
+            Err(SettingsError::Invalid("redis_address", _))
+        ));
     }
 
     #[test]

@@ -72,6 +72,8 @@ struct Driver {
     /// Queue of cluster messages to publish; `None` in single-node mode.
     publish: Option<Sender<Arc<str>>>,
     dropped_publishes: u64,
+    /// Connections rejected with 4100 because the node was full.
+    over_capacity: u64,
 }
 
 /// Runs the node until every event sender is dropped. `publish` receives the node's cluster
@@ -82,6 +84,7 @@ pub async fn run(node: Node, events: Receiver<Event>, publish: Option<Sender<Arc
         mailboxes: HashMap::new(),
         publish,
         dropped_publishes: 0,
+        over_capacity: 0,
     };
     let mut timer = Timer::never();
     let mut armed: Option<Instant> = None;
@@ -124,8 +127,18 @@ impl Driver {
                     self.mailboxes.insert(id, mailbox.clone());
                     (id, mailbox)
                 });
-                if let Err(error) = &result {
-                    debug!("connection rejected: {error}");
+                match &result {
+                    Err(ConnectError::OverCapacity) => {
+                        self.over_capacity += 1;
+                        if self.over_capacity.is_power_of_two() {
+                            warn!(
+                                "connection limit reached, rejected {} connections so far",
+                                self.over_capacity
+                            );
+                        }
+                    }
+                    Err(error) => debug!("connection rejected: {error}"),
+                    Ok(_) => {}
                 }
                 // A failed reply means the socket task is gone; its disconnect follows.
                 let _ = reply.try_send(result);

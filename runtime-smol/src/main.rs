@@ -10,7 +10,7 @@ mod server;
 mod ws;
 
 use std::hash::{BuildHasher, RandomState};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +22,7 @@ use futures_lite::StreamExt;
 use log::{error, info};
 use smol::{Async, Executor, Timer};
 
-use crate::config::{HELP, Settings};
+use crate::config::{Command, HELP, Settings};
 use crate::server::{Role, Services};
 
 /// Time given to open connections to receive their 4200 close before the process exits.
@@ -30,7 +30,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let settings = match config::parse_args(std::env::args_os().skip(1).collect()) {
-        Ok(Some(settings)) => settings,
+        Ok(Some(Command::Run(settings))) => *settings,
+        Ok(Some(Command::Version)) => {
+            println!("crier {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Ok(None) => {
             print!("{HELP}");
             return ExitCode::SUCCESS;
@@ -51,7 +55,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(verbose: bool) {
-    let level = if verbose { "debug" } else { "info" };
+    // Verbose logging is for this server's own events; libraries stay at info.
+    let level = if verbose {
+        "info,crier=debug,crier_core=debug"
+    } else {
+        "info"
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_timestamp_millis()
         .init();
@@ -111,9 +120,18 @@ fn run(settings: Settings) -> Result<(), String> {
         executor
             .spawn(driver::run(node, inbox, publish.clone()))
             .detach();
+        // Announced only now, so clients are told to connect once Redis is reachable too.
+        for (_, role, local) in &listeners {
+            if matches!(role, Role::WebSocket | Role::Both) {
+                info!("websocket listening on {local}");
+            }
+            if matches!(role, Role::Api | Role::Both) {
+                info!("http api listening on {local}");
+            }
+        }
         let accept_tasks: Vec<_> = listeners
             .into_iter()
-            .map(|(listener, role)| {
+            .map(|(listener, role, _)| {
                 let task = server::accept_loop(listener, role, services.clone(), executor.clone());
                 executor.spawn(task)
             })
@@ -142,7 +160,7 @@ fn run(settings: Settings) -> Result<(), String> {
 }
 
 /// Binds every listener before anything starts, so a taken port fails fast.
-fn bind(settings: &Settings) -> Result<Vec<(Async<TcpListener>, Role)>, String> {
+fn bind(settings: &Settings) -> Result<Vec<(Async<TcpListener>, Role, SocketAddr)>, String> {
     let mut plan = vec![(settings.websocket_host.as_str(), Role::WebSocket)];
     if settings.api_host == settings.websocket_host {
         plan[0].1 = Role::Both;
@@ -158,13 +176,7 @@ fn bind(settings: &Settings) -> Result<Vec<(Async<TcpListener>, Role)>, String> 
             .get_ref()
             .local_addr()
             .map_err(|error| format!("cannot read the address of {address}: {error}"))?;
-        if matches!(role, Role::WebSocket | Role::Both) {
-            info!("websocket listening on {local}");
-        }
-        if matches!(role, Role::Api | Role::Both) {
-            info!("http api listening on {local}");
-        }
-        listeners.push((listener, role));
+        listeners.push((listener, role, local));
     }
     Ok(listeners)
 }
