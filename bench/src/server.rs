@@ -206,11 +206,11 @@ fn drain_stderr(
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buffer).trim_end().to_owned();
-        if let Some(addr) = parse_websocket_addr(&line) {
-            if let Some(sender) = addr_sender.take() {
-                // The receiver is gone only if `start` already gave up.
-                let _ = sender.send(addr);
-            }
+        if let Some(addr) = parse_websocket_addr(&line)
+            && let Some(sender) = addr_sender.take()
+        {
+            // The receiver is gone only if `start` already gave up.
+            let _ = sender.send(addr);
         }
         let mut tail = tail.lock().unwrap_or_else(|poison| poison.into_inner());
         if tail.len() == STDERR_TAIL_LINES {

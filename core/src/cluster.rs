@@ -163,6 +163,20 @@ impl Cluster {
     }
 }
 
+/// Returns the `user_info` another node announced for `user_id` in `channel`, from the node
+/// with the lowest id, or `None` when no other node has the user.
+pub(crate) fn remote_user_info(
+    cluster: &Option<Cluster>,
+    channel: &str,
+    user_id: &str,
+) -> Option<Option<Box<RawValue>>> {
+    let remotes = cluster.iter().flat_map(|c| c.remotes.values());
+    remotes
+        .filter_map(|node| node.channels.get(channel)?.members.get(user_id))
+        .map(|info| info.as_deref().map(ToOwned::to_owned))
+        .next()
+}
+
 /// A presence transition to announce to local subscribers.
 enum Transition {
     Added(ChannelName, UserId, Option<Box<RawValue>>),
@@ -331,9 +345,9 @@ impl Node {
 
     /// Returns the cluster-wide roster of `channel`: user id to `user_info`, the local copy
     /// first.
-    // NOTE: a user who joined on several nodes with different `user_info` is listed with each
-    // node's own copy, so nodes can disagree on it, unlike the single-node rule that the first
-    // socket's `user_info` stays.
+    // NOTE: a node adopts the `user_info` of a user already present elsewhere, so all nodes
+    // agree, except when one user joins on two nodes at the same moment with different
+    // values; then each node lists its own copy.
     pub(crate) fn members(&self, channel: &str) -> BTreeMap<&str, Option<&RawValue>> {
         let mut members = BTreeMap::new();
         if let Some(roster) = self.channels.get(channel).and_then(|c| c.roster.as_ref()) {

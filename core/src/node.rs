@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{channel_string_to_sign, verify_channel_auth};
 use crate::channel::{ChannelKind, ChannelName};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, remote_user_info};
 use crate::config::Config;
 use crate::connection::{ConnectRequest, Connection, ConnectionId, SocketId};
 use crate::error::{ConfigError, ConnectError, ProtocolError, SubscribeError};
@@ -439,7 +439,18 @@ impl Node {
         let entry = self.channels.entry(channel.clone()).or_default();
         entry.subscribers.insert(id);
         let mut joined = None;
-        if let Some(member) = member {
+        if let Some(mut member) = member {
+            // A user already present on another node keeps the `user_info` announced there,
+            // so every node shows the first one, as a single node does.
+            let local = entry
+                .roster
+                .as_ref()
+                .is_some_and(|r| r.contains(&member.user_id));
+            let user_id = member.user_id.as_ref();
+            if !local && let Some(info) = remote_user_info(&self.cluster, channel.as_str(), user_id)
+            {
+                member.user_info = info;
+            }
             let user_id = member.user_id.clone();
             let roster = entry.roster.get_or_insert_with(Roster::default);
             if roster.join(member) {

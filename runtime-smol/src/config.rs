@@ -104,6 +104,9 @@ impl fmt::Display for SettingsError {
                 f,
                 "invalid {what}: {value:?}, expected a URL such as redis://127.0.0.1:6379/0"
             ),
+            Self::Invalid(what @ "node_timeout", value) => {
+                write!(f, "invalid {what}: {value:?}, expected 3 to 3600 seconds")
+            }
             Self::Invalid(what, value) => write!(f, "invalid {what}: {value:?}"),
             Self::Core(error) => write!(f, "invalid configuration: {error}"),
         }

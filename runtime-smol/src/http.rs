@@ -8,10 +8,12 @@ use std::task::{Context, Poll};
 
 use async_channel::Sender;
 use crier_core::ApiResponse;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use http_types::{Request, Response, StatusCode};
 use log::debug;
-use smol::Async;
+use smol::{Async, Timer};
 
 use crate::driver::{Event, OwnedApiRequest};
 
@@ -49,6 +51,17 @@ impl AsyncWrite for SharedStream {
 
 /// Serves HTTP/1.1 requests on one connection until the client closes it.
 pub async fn serve(stream: Async<TcpStream>, events: Sender<Event>, max_body_bytes: usize) {
+    // async-h1 closes the connection without a reply on HTTP/1.0 or a missing Host header,
+    // so the first request head is checked here and those get a clear error instead.
+    match check_first_request(&stream).await {
+        Ok(()) => {}
+        Err(Some((status, message))) => {
+            debug!("http request rejected before parsing: {status} {message}");
+            let _ = write_plain_error(&stream, status, message).await;
+            return;
+        }
+        Err(None) => return,
+    }
     let stream = SharedStream(Arc::new(stream));
     let result = async_h1::accept(stream, |request| {
         let events = events.clone();
@@ -103,6 +116,79 @@ async fn respond(mut request: Request, events: &Sender<Event>, max_body_bytes: u
         Ok(ApiResponse { status, body }) => json_response(status, &body),
         Err(_) => error_response(503, "Server is shutting down"),
     }
+}
+
+/// Longest request head peeked at; longer heads are left to async-h1, which rejects them.
+const MAX_PEEKED_HEAD: usize = 8 * 1024;
+
+/// Time a client has to send its first request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Peeks at the first request head without consuming it. `Err(Some(..))` is a status and
+/// message to answer with; `Err(None)` means the client went away or sent nothing in time.
+async fn check_first_request(stream: &Async<TcpStream>) -> Result<(), Option<(u16, &'static str)>> {
+    let mut buffer = vec![0u8; MAX_PEEKED_HEAD];
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut seen = 0;
+    loop {
+        let read = stream.peek(&mut buffer).await.map_err(|_| None)?;
+        if read == 0 {
+            return Err(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buffer[..read]) {
+            Ok(httparse::Status::Complete(_)) => {
+                if request.version == Some(0) {
+                    let message = "HTTP/1.0 is not supported, send HTTP/1.1 requests";
+                    return Err(Some((505, message)));
+                }
+                let has_host = request
+                    .headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case("host"));
+                if !has_host {
+                    return Err(Some((400, "HTTP/1.1 requests need a Host header")));
+                }
+                return Ok(());
+            }
+            // Malformed or oversized heads are answered by async-h1 itself.
+            Ok(httparse::Status::Partial) if read == buffer.len() => return Ok(()),
+            Err(_) => return Ok(()),
+            Ok(httparse::Status::Partial) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(None);
+        }
+        if read == seen {
+            // Peeking again at once would return the same bytes.
+            Timer::after(Duration::from_millis(5)).await;
+        }
+        seen = read;
+    }
+}
+
+/// Writes a JSON error response and closes, for requests async-h1 cannot answer.
+async fn write_plain_error(
+    stream: &Async<TcpStream>,
+    status: u16,
+    message: &str,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let reason = if status == 505 {
+        "HTTP Version Not Supported"
+    } else {
+        "Bad Request"
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut writer = stream;
+    writer.write_all(head.as_bytes()).await?;
+    writer.write_all(body.as_bytes()).await?;
+    writer.flush().await
 }
 
 fn error_response(status: u16, message: &str) -> Response {

@@ -1317,3 +1317,35 @@ fn single_node_mode_ignores_cluster_input() {
     assert_eq!(node.poll_timeout(), None);
     assert!(node.members(ROOM).is_empty());
 }
+
+#[test]
+fn user_info_of_first_node_kept_everywhere() {
+    let mut cluster = TestCluster::new(3);
+    let first = cluster.connect(0);
+    cluster.join_with_data(
+        first,
+        ROOM,
+        r#"{"user_id":"alice","user_info":{"name":"first"}}"#,
+    );
+    let second = cluster.connect(1);
+    cluster.join_with_data(
+        second,
+        ROOM,
+        r#"{"user_id":"alice","user_info":{"name":"second"}}"#,
+    );
+    // The first socket leaves; the user stays, with the user_info it joined with first.
+    cluster.disconnect(first);
+
+    for node in 0..3 {
+        let viewer = cluster.connect(node);
+        cluster.join(viewer, ROOM, "viewer");
+        let frames = cluster.take(viewer);
+        let hash = &frames[0]["data"]["presence"]["hash"];
+        assert_eq!(
+            hash["alice"],
+            json!({"name": "first"}),
+            "viewer on node {node}"
+        );
+        cluster.disconnect(viewer);
+    }
+}
