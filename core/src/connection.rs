@@ -84,12 +84,11 @@ impl ConnectRequest {
         let Some(text) = self.protocol.as_deref() else {
             return Ok(7);
         };
-        if text.is_empty() || text.len() > 9 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ConnectError::InvalidProtocolVersion);
         }
-        let version: u32 = text
-            .parse()
-            .map_err(|_| ConnectError::InvalidProtocolVersion)?;
+        // Any decimal integer is a version; one too large for `u32` is reported as the max.
+        let version: u32 = text.parse().unwrap_or(u32::MAX);
         match u8::try_from(version) {
             Ok(version @ 4..=7) => Ok(version),
             _ => Err(ConnectError::UnsupportedProtocolVersion(version)),
@@ -270,7 +269,11 @@ mod tests {
         );
         assert_eq!(
             version(Some("99999999999999999999")),
-            Err(ConnectError::InvalidProtocolVersion)
+            Err(ConnectError::UnsupportedProtocolVersion(u32::MAX))
+        );
+        assert_eq!(
+            version(Some("4294967303")),
+            Err(ConnectError::UnsupportedProtocolVersion(u32::MAX))
         );
     }
 

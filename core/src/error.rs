@@ -617,7 +617,7 @@ impl fmt::Display for ConfigError {
                 f.write_str("app id may only contain A-Z, a-z, 0-9 and the characters - _ . ~")
             }
             Self::InvalidActivityTimeout => {
-                f.write_str("activity timeout must be at least 1 second")
+                f.write_str("activity timeout must be 1 to 4294967295 seconds")
             }
             Self::InvalidPongTimeout => {
                 f.write_str("pong timeout must be greater than zero and at most 4294967295 seconds")

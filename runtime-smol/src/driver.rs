@@ -21,6 +21,10 @@ use crate::mailbox::Mailbox;
 /// Frames a connection may have queued before it counts as too slow and is closed.
 pub const MAILBOX_CAPACITY: usize = 1024;
 
+/// Bytes of frames a connection may have queued before it counts as too slow. Frames shared
+/// by a broadcast count in full, so this is an upper bound on the memory one client holds.
+pub const MAILBOX_MAX_BYTES: usize = 1024 * 1024;
+
 /// Capacity of the channel into the driver; senders wait while it is full.
 pub const EVENT_CAPACITY: usize = 4096;
 
@@ -174,7 +178,8 @@ impl Driver {
                     let Some(mailbox) = self.mailboxes.get(&connection) else {
                         continue;
                     };
-                    if mailbox.len() >= MAILBOX_CAPACITY {
+                    let (frames, bytes) = mailbox.size();
+                    if frames >= MAILBOX_CAPACITY || bytes + frame.len() > MAILBOX_MAX_BYTES {
                         // Too slow: drop its backlog so the memory is released now.
                         mailbox.clear();
                         self.node.handle_backpressure(Instant::now(), connection);

@@ -8,9 +8,10 @@ use std::task::{Context, Poll};
 
 use async_channel::Sender;
 use crier_core::ApiResponse;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use http_types::{Request, Response, StatusCode};
 use log::debug;
 use smol::{Async, Timer};
@@ -18,8 +19,18 @@ use smol::{Async, Timer};
 use crate::driver::{Event, OwnedApiRequest};
 
 /// A TCP stream that async-h1 can clone for its reader and writer halves.
+///
+/// It also caps how much a client may send between two responses. async-h1 buffers a request
+/// head until it sees a line feed and checks its 8 KiB head limit only then, so without this
+/// cap one connection sending a line without end would grow memory until the process dies.
+/// The cap resets whenever a response is written.
 #[derive(Clone)]
-pub struct SharedStream(pub Arc<Async<TcpStream>>);
+pub struct SharedStream {
+    stream: Arc<Async<TcpStream>>,
+    /// Bytes read since the last response was written.
+    unanswered: Arc<AtomicUsize>,
+    max_unanswered: usize,
+}
 
 impl AsyncRead for SharedStream {
     fn poll_read(
@@ -27,7 +38,17 @@ impl AsyncRead for SharedStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_read(cx, buf)
+        let unanswered = self.unanswered.load(Ordering::Relaxed);
+        if unanswered >= self.max_unanswered {
+            let error = std::io::Error::other("request larger than the read limit");
+            return Poll::Ready(Err(error));
+        }
+        let room = (self.max_unanswered - unanswered).min(buf.len());
+        let poll = Pin::new(&mut &*self.stream).poll_read(cx, &mut buf[..room]);
+        if let Poll::Ready(Ok(read)) = &poll {
+            self.unanswered.fetch_add(*read, Ordering::Relaxed);
+        }
+        poll
     }
 }
 
@@ -37,15 +58,16 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut &*self.0).poll_write(cx, buf)
+        self.unanswered.store(0, Ordering::Relaxed);
+        Pin::new(&mut &*self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_flush(cx)
+        Pin::new(&mut &*self.stream).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
+        Pin::new(&mut &*self.stream).poll_close(cx)
     }
 }
 
@@ -62,7 +84,12 @@ pub async fn serve(stream: Async<TcpStream>, events: Sender<Event>, max_body_byt
         }
         Err(None) => return,
     }
-    let stream = SharedStream(Arc::new(stream));
+    let stream = SharedStream {
+        stream: Arc::new(stream),
+        unanswered: Arc::new(AtomicUsize::new(0)),
+        // A head, a body at the limit, and room for chunked encoding of that body.
+        max_unanswered: MAX_PEEKED_HEAD + 2 * max_body_bytes,
+    };
     let result = async_h1::accept(stream, |request| {
         let events = events.clone();
         async move { Ok(respond(request, &events, max_body_bytes).await) }
@@ -85,8 +112,24 @@ async fn respond(mut request: Request, events: &Sender<Event>, max_body_bytes: u
     let limit = u64::try_from(max_body_bytes)
         .unwrap_or(u64::MAX)
         .saturating_add(1);
-    if let Err(error) = request.take_body().take(limit).read_to_end(&mut body).await {
-        return error_response(400, &format!("Cannot read request body: {error}"));
+    let mut reader = request.take_body().take(limit);
+    let read = async { Some(reader.read_to_end(&mut body).await) };
+    let timeout = async {
+        Timer::after(BODY_TIMEOUT).await;
+        None
+    };
+    match future::or(read, timeout).await {
+        Some(Ok(_)) => {}
+        Some(Err(error)) => {
+            return error_response(400, &format!("Cannot read request body: {error}"));
+        }
+        None => {
+            let seconds = BODY_TIMEOUT.as_secs();
+            return error_response(
+                408,
+                &format!("Request body not received within {seconds} s"),
+            );
+        }
     }
     if body.len() > max_body_bytes {
         return error_response(
@@ -118,14 +161,17 @@ async fn respond(mut request: Request, events: &Sender<Event>, max_body_bytes: u
     }
 }
 
-/// Longest request head peeked at; longer heads are left to async-h1, which rejects them.
+/// Maximum size of the first request head; a larger one gets 431.
 const MAX_PEEKED_HEAD: usize = 8 * 1024;
 
 /// Time a client has to send its first request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Peeks at the first request head without consuming it. `Err(Some(..))` is a status and
-/// message to answer with; `Err(None)` means the client went away or sent nothing in time.
+/// Time a client has to send a request body once its head arrived.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Peeks at the first request head without consuming it. `Err(Some(..))` is the status and
+/// message to reply with; `Err(None)` means the client went away or sent nothing in time.
 async fn check_first_request(stream: &Async<TcpStream>) -> Result<(), Option<(u16, &'static str)>> {
     let mut buffer = vec![0u8; MAX_PEEKED_HEAD];
     let deadline = Instant::now() + HEAD_TIMEOUT;
@@ -143,18 +189,12 @@ async fn check_first_request(stream: &Async<TcpStream>) -> Result<(), Option<(u1
                     let message = "HTTP/1.0 is not supported, send HTTP/1.1 requests";
                     return Err(Some((505, message)));
                 }
-                let has_host = request
-                    .headers
-                    .iter()
-                    .any(|h| h.name.eq_ignore_ascii_case("host"));
-                if !has_host {
-                    return Err(Some((400, "HTTP/1.1 requests need a Host header")));
-                }
-                return Ok(());
+                return check_head(&request);
             }
-            // Malformed or oversized heads are answered by async-h1 itself.
-            Ok(httparse::Status::Partial) if read == buffer.len() => return Ok(()),
-            Err(_) => return Ok(()),
+            Ok(httparse::Status::Partial) if read == buffer.len() => {
+                return Err(Some((431, "Request head is larger than 8 KiB")));
+            }
+            Err(_) => return Err(Some((400, "Malformed HTTP request"))),
             Ok(httparse::Status::Partial) => {}
         }
         if Instant::now() >= deadline {
@@ -168,17 +208,49 @@ async fn check_first_request(stream: &Async<TcpStream>) -> Result<(), Option<(u1
     }
 }
 
-/// Writes a JSON error response and closes, for requests async-h1 cannot answer.
+/// Checks what async-h1 would reject by closing the connection without a reply.
+fn check_head(request: &httparse::Request<'_, '_>) -> Result<(), Option<(u16, &'static str)>> {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+    };
+    if header("host").is_none() {
+        return Err(Some((400, "HTTP/1.1 requests need a Host header")));
+    }
+    let known = ["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"];
+    if !request.method.is_some_and(|method| known.contains(&method)) {
+        return Err(Some((501, "Unknown HTTP method")));
+    }
+    let length = header("content-length");
+    if length.is_some() && header("transfer-encoding").is_some() {
+        return Err(Some((
+            400,
+            "Send Content-Length or Transfer-Encoding, not both",
+        )));
+    }
+    let valid_length = |value: &[u8]| {
+        std::str::from_utf8(value).is_ok_and(|text| text.trim().parse::<u64>().is_ok())
+    };
+    if length.is_some_and(|h| !valid_length(h.value)) {
+        return Err(Some((400, "Content-Length must be a non-negative integer")));
+    }
+    Ok(())
+}
+
+/// Writes a JSON error response and closes, for requests async-h1 would drop unanswered.
 async fn write_plain_error(
     stream: &Async<TcpStream>,
     status: u16,
     message: &str,
 ) -> std::io::Result<()> {
     let body = serde_json::json!({ "error": message }).to_string();
-    let reason = if status == 505 {
-        "HTTP Version Not Supported"
-    } else {
-        "Bad Request"
+    let reason = match status {
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        505 => "HTTP Version Not Supported",
+        _ => "Bad Request",
     };
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\

@@ -101,12 +101,13 @@ fn run(settings: Settings) -> Result<(), String> {
     }
 
     let (events, inbox) = async_channel::bounded(driver::EVENT_CAPACITY);
-    let services = Services {
+    // Shared, so each connection task holds one pointer instead of a copy.
+    let services = Arc::new(Services {
         events,
         websocket: ws::websocket_config(limits.max_frame_bytes),
         max_body_bytes: limits.max_api_body_bytes,
         live: Arc::new(AtomicUsize::new(0)),
-    };
+    });
     let redis_address = settings.redis_address.clone();
     let result = smol::block_on(executor.run(async {
         let publish = match &redis_address {

@@ -6,7 +6,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_channel::Sender;
@@ -46,7 +46,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub async fn accept_loop(
     listener: Async<TcpListener>,
     role: Role,
-    services: Services,
+    services: Arc<Services>,
     executor: Arc<Executor<'static>>,
 ) {
     let mut failures: u64 = 0;
@@ -73,7 +73,7 @@ pub async fn accept_loop(
 async fn serve(stream: Async<TcpStream>, peer: SocketAddr, role: Role, services: &Services) {
     let _ = stream.get_ref().set_nodelay(true);
     let role = match role {
-        Role::Both => match is_websocket_request(&stream).await {
+        Role::Both => match peek_with_timeout(&stream).await {
             Ok(true) => Role::WebSocket,
             Ok(false) => Role::Api,
             Err(error) => {
@@ -86,10 +86,15 @@ async fn serve(stream: Async<TcpStream>, peer: SocketAddr, role: Role, services:
     match role {
         // Boxed, so each task holds only the state of the protocol it serves.
         Role::WebSocket => {
-            services.live.fetch_add(1, Ordering::SeqCst);
             let events = services.events.clone();
-            Box::pin(ws::serve(stream, peer, events, services.websocket)).await;
-            services.live.fetch_sub(1, Ordering::SeqCst);
+            Box::pin(ws::serve(
+                stream,
+                peer,
+                events,
+                services.websocket,
+                &services.live,
+            ))
+            .await;
         }
         Role::Api | Role::Both => {
             Box::pin(http::serve(
@@ -102,11 +107,20 @@ async fn serve(stream: Async<TcpStream>, peer: SocketAddr, role: Role, services:
     }
 }
 
+/// Runs [`is_websocket_request`], giving up when the client sends nothing in time.
+async fn peek_with_timeout(stream: &Async<TcpStream>) -> io::Result<bool> {
+    let timeout = async {
+        Timer::after(PEEK_TIMEOUT).await;
+        Err(io::ErrorKind::TimedOut.into())
+    };
+    futures_lite::future::or(is_websocket_request(stream), timeout).await
+}
+
 /// Peeks at the request line: a `GET /app/` request is a Pusher WebSocket upgrade.
 async fn is_websocket_request(stream: &Async<TcpStream>) -> io::Result<bool> {
     const PREFIX: &[u8] = b"GET /app/";
     let mut buffer = [0u8; PREFIX.len()];
-    let deadline = std::time::Instant::now() + PEEK_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
     loop {
         let read = stream.peek(&mut buffer).await?;
         if read == 0 {
@@ -115,10 +129,9 @@ async fn is_websocket_request(stream: &Async<TcpStream>) -> io::Result<bool> {
         if read == buffer.len() || buffer[..read] != PREFIX[..read] {
             return Ok(buffer[..read] == *PREFIX);
         }
-        if std::time::Instant::now() >= deadline {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
         // Part of the line has arrived; peeking again at once would return the same bytes.
-        Timer::after(Duration::from_millis(5)).await;
+        // The pause grows, so clients that trickle bytes cost little CPU.
+        Timer::after(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }

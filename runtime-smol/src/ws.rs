@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_channel::Sender;
@@ -49,16 +50,22 @@ pub fn websocket_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Serves one accepted TCP connection as a Pusher WebSocket until it closes.
+///
+/// `live` counts open connections from the upgrade on, so shutdown waits for their closes but
+/// not for half-done handshakes.
 pub async fn serve(
     stream: Async<TcpStream>,
     peer: SocketAddr,
     events: Sender<Event>,
     config: WebSocketConfig,
+    live: &AtomicUsize,
 ) {
     // Boxed, so the handshake's state is freed once the connection is open: an idle
     // connection then holds only the state of `run`.
     if let Some((socket, id, mailbox)) = Box::pin(open(stream, peer, &events, config)).await {
+        live.fetch_add(1, Ordering::SeqCst);
         run(socket, id, mailbox, events).await;
+        live.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -169,6 +176,13 @@ async fn run(mut socket: Socket, id: ConnectionId, mailbox: Arc<Mailbox>, events
             }
             Step::Inbound(Some(Err(error))) => {
                 trace!("websocket read failed: connection={} {error}", id.0);
+                // Protocol violations get the close code RFC 6455 names for them; other
+                // errors mean the connection is gone.
+                match error {
+                    WsError::Utf8(_) => close(&mut socket, 1007, "Invalid UTF-8").await,
+                    WsError::Protocol(_) => close(&mut socket, 1002, "Protocol error").await,
+                    _ => {}
+                }
                 break;
             }
             Step::Inbound(None) => break,
