@@ -89,7 +89,7 @@ enum Message {
         node: u64,
         channels: Vec<ChannelState>,
     },
-    /// Every node answers with its `State`.
+    /// Every node replies with its `State`.
     SyncRequest { node: u64 },
     /// The sender is shutting down.
     Bye { node: u64 },
@@ -110,7 +110,7 @@ struct MemberState {
     user_info: Option<Box<RawValue>>,
 }
 
-/// What this node knows of one other node.
+/// This node's copy of one other node's state.
 #[derive(Debug, Default)]
 struct RemoteNode {
     last_seen: Option<Instant>,
@@ -291,7 +291,7 @@ impl Node {
         }
     }
 
-    /// Sends the heartbeat and forgets nodes whose heartbeats stopped.
+    /// Sends the heartbeat and removes nodes whose heartbeats stopped.
     pub(crate) fn cluster_timeout(&mut self, now: Instant) {
         let Some(cluster) = &mut self.cluster else {
             return;

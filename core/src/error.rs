@@ -16,7 +16,7 @@ pub enum ConnectError {
     InvalidProtocolVersion,
     /// The `protocol` version is outside 4 to 7 (4007).
     UnsupportedProtocolVersion(u32),
-    /// The node holds its maximum number of connections; clients retry after a delay (4100).
+    /// The node has its maximum number of connections; clients retry after a delay (4100).
     OverCapacity,
     /// The node is shutting down; clients reconnect at once, to another node (4200).
     ShuttingDown,
@@ -65,7 +65,7 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Why a channel name is invalid.
+/// The reason a channel name is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChannelNameError {
     /// The name is empty.
@@ -102,7 +102,7 @@ impl fmt::Display for ChannelNameError {
 
 impl std::error::Error for ChannelNameError {}
 
-/// A client mistake answered with `pusher:error`, or with a close for an oversized frame.
+/// A client mistake, reported with `pusher:error` or, for an oversized frame, a close.
 ///
 /// The connection stays open unless [`ProtocolError::close_code`] returns a code.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub enum ProtocolError {
     InvalidEventData {
         /// The event name, such as `pusher:subscribe`.
         event: &'static str,
-        /// What is wrong with `data`.
+        /// The problem with `data`.
         problem: &'static str,
     },
     /// Client events are disabled for the app.
@@ -414,7 +414,7 @@ impl fmt::Display for SubscribeError {
 
 impl std::error::Error for SubscribeError {}
 
-/// Why an HTTP API request failed. Each variant maps to one status code.
+/// The reason an HTTP API request failed. Each variant maps to one status code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiError {
     /// No API route matches the path (404).

@@ -15,7 +15,7 @@ use crate::error::ProtocolError;
 /// One parsed client-to-server frame.
 #[derive(Debug)]
 pub enum ClientFrame<'a> {
-    /// `pusher:ping`; the server answers `pusher:pong`.
+    /// `pusher:ping`; the server replies with `pusher:pong`.
     Ping,
     /// `pusher:pong`; counts as activity only.
     Pong,
@@ -312,12 +312,12 @@ where
     }
 }
 
-/// An event published through the HTTP API; `data` is the API's string, sent as a string.
+/// Serializes an event published through the HTTP API; `data` is sent as a JSON string.
 pub(crate) fn api_event(event: &str, channel: &str, data: &str) -> String {
     envelope(event, Some(channel), Some(data), None)
 }
 
-/// A client event relayed to other subscribers, with its `data` unchanged.
+/// Serializes a client event for the other subscribers, with its `data` unchanged.
 pub(crate) fn client_event(
     event: &str,
     channel: &str,

@@ -61,7 +61,7 @@ pub struct Settings {
     pub redis_address: Option<String>,
 }
 
-/// Why the configuration cannot be used.
+/// The reason the configuration cannot be used.
 #[derive(Debug)]
 pub enum SettingsError {
     /// Arguments could not be parsed.
@@ -243,7 +243,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Option<Command>, SettingsError>
         .map(|settings| Some(Command::Run(Box::new(settings))))
 }
 
-/// What the command line asks for.
+/// The action the command line requests.
 #[derive(Debug)]
 pub enum Command {
     Run(Box<Settings>),

@@ -28,7 +28,7 @@ pub const MAILBOX_MAX_BYTES: usize = 1024 * 1024;
 /// Capacity of the channel into the driver; senders wait while it is full.
 pub const EVENT_CAPACITY: usize = 4096;
 
-/// What a socket task is told to do next.
+/// The next action of a socket task, queued by the driver.
 #[derive(Debug)]
 pub enum Outbound {
     Text(Arc<str>),

@@ -17,7 +17,7 @@ use smol::{Async, Executor, Timer};
 use crate::driver::Event;
 use crate::{http, ws};
 
-/// Which services a listener offers.
+/// The services a listener offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     WebSocket,
