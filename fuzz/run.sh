@@ -12,7 +12,7 @@
 # (executions, coverage) are printed and kept in fuzz/work/TARGET.log.
 set -euo pipefail
 
-targets=(frame_parse node_ops api_request api_request_signed)
+targets=(frame_parse node_ops api_request api_request_signed config_file)
 
 usage() {
     echo "usage: $0 SECONDS | $0 --replay" >&2

@@ -256,6 +256,7 @@ impl From<pico_args::Error> for SettingsError {
     }
 }
 
+#[derive(Default)]
 struct Flags {
     app_key: Option<String>,
     secret: Option<String>,
@@ -355,6 +356,13 @@ fn is_host_port(address: &str) -> bool {
     };
     let host_ok = !host.is_empty() && (!host.contains(':') || host.starts_with('['));
     host_ok && port.parse::<u16>().is_ok()
+}
+
+/// Builds settings from a YAML config file's text alone, as `-C FILE` with no other flags.
+pub fn settings_from_file_text(text: &str) -> Result<Settings, SettingsError> {
+    let file = FileConfig::parse(text)
+        .map_err(|error| SettingsError::ParseFile(PathBuf::from("<text>"), error))?;
+    Flags::default().merge(file)
 }
 
 /// Joins Slanger's separate host and port keys into `host:port`.

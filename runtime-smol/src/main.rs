@@ -1,7 +1,6 @@
 //! `crier`: a Pusher Channels server. Parses the configuration, binds the listeners, runs the
 //! driver and shuts down cleanly on SIGINT or SIGTERM.
 
-mod config;
 mod driver;
 mod http;
 mod mailbox;
@@ -22,7 +21,7 @@ use futures_lite::StreamExt;
 use log::{error, info};
 use smol::{Async, Executor, Timer};
 
-use crate::config::{Command, HELP, Settings};
+use crier_smol::config::{self, Command, HELP, Settings};
 use crate::server::{Role, Services};
 
 /// Time given to open connections to receive their 4200 close before the process exits.
