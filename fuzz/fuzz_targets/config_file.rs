@@ -14,8 +14,15 @@ fuzz_target!(|data: &[u8]| {
     };
     match settings_from_file_text(text) {
         Ok(settings) => {
-            assert!(!settings.core.app.key.is_empty(), "accepted an empty app key");
-            assert!(settings.websocket_host.contains(':'), "{}", settings.websocket_host);
+            assert!(
+                !settings.core.app.key.is_empty(),
+                "accepted an empty app key"
+            );
+            assert!(
+                settings.websocket_host.contains(':'),
+                "{}",
+                settings.websocket_host
+            );
             assert!(settings.api_host.contains(':'), "{}", settings.api_host);
             if let Err(error) = Node::new(settings.core, 1) {
                 panic!("accepted a config the node rejects: {error}");
