@@ -3,7 +3,7 @@
 //!
 //! Each node replicates what the others announce: per remote node, its channels' subscription
 //! counts and its presence members. A node announces its own state when the cluster
-//! connection comes up and on request, sends a heartbeat every interval, and forgets a node
+//! connection comes up and on request, sends a heartbeat every interval, and drops a node
 //! whose heartbeats stop. It requests the state of a node it hears from while not tracking it,
 //! such as one forgotten while its messages were lost. `member_added` and `member_removed`
 //! are decided on the union of the local roster and every remote one, so each subscriber sees
@@ -190,7 +190,7 @@ impl Node {
     }
 
     /// Tells the node that its cluster connection is (again) up and subscribed. It announces
-    /// its full state, asks every other node for theirs and starts its heartbeat. Call it
+    /// its full state, requests every other node's and starts its heartbeat. Call it
     /// after every reconnection, then drain [`Node::poll_output`].
     pub fn handle_cluster_connected(&mut self, now: Instant) {
         let Some(cluster) = &mut self.cluster else {
@@ -346,8 +346,8 @@ impl Node {
     /// Returns the cluster-wide roster of `channel`: user id to `user_info`, the local copy
     /// first.
     // NOTE: a node adopts the `user_info` of a user already present elsewhere, so all nodes
-    // agree, except when one user joins on two nodes at the same moment with different
-    // values; then each node lists its own copy.
+    // agree. The exception is one user joining on two nodes at the same moment with different
+    // values: then each node lists its own copy.
     pub(crate) fn members(&self, channel: &str) -> BTreeMap<&str, Option<&RawValue>> {
         let mut members = BTreeMap::new();
         if let Some(roster) = self.channels.get(channel).and_then(|c| c.roster.as_ref()) {
@@ -430,8 +430,9 @@ impl Node {
         });
     }
 
-    /// Handles the first local socket of `user_id` joining `channel`: tells local subscribers
-    /// (except `joiner`) when the user is new to the cluster, and tells the other nodes.
+    /// Handles the first local socket of `user_id` joining `channel`: sends `member_added` to
+    /// local subscribers (except `joiner`) when the user is new to the cluster, and publishes
+    /// a `Join` for the other nodes.
     pub(crate) fn local_member_joined(
         &mut self,
         joiner: ConnectionId,

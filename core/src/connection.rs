@@ -61,7 +61,7 @@ pub struct ConnectRequest {
 
 impl ConnectRequest {
     /// Parses a request target such as `/app/KEY?protocol=7&client=js`. Returns `None` when the
-    /// path is not `/app/{key}`, which the host answers with HTTP 404 instead of upgrading.
+    /// path is not `/app/{key}`; the host then replies with HTTP 404 instead of upgrading.
     pub fn parse(target: &str) -> Option<Self> {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let key = path.strip_prefix("/app/")?.trim_end_matches('/');

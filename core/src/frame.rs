@@ -156,7 +156,7 @@ fn pusher_data<T: DeserializeOwned>(
     }
 }
 
-/// Returns whether `text` holds a JSON object rather than another value. serde fills a
+/// Returns whether `text` is a JSON object rather than another value. serde fills a
 /// struct from a JSON array too, field by field, so this is checked before parsing.
 pub(crate) fn is_json_object(text: &str) -> bool {
     text.trim_start_matches([' ', '\t', '\n', '\r'])

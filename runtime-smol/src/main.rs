@@ -21,8 +21,8 @@ use futures_lite::StreamExt;
 use log::{error, info};
 use smol::{Async, Executor, Timer};
 
-use crier_smol::config::{self, Command, HELP, Settings};
 use crate::server::{Role, Services};
+use crier_smol::config::{self, Command, HELP, Settings};
 
 /// Time given to open connections to receive their 4200 close before the process exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,7 +100,7 @@ fn run(settings: Settings) -> Result<(), String> {
     }
 
     let (events, inbox) = async_channel::bounded(driver::EVENT_CAPACITY);
-    // Shared, so each connection task holds one pointer instead of a copy.
+    // Shared, so each connection task keeps one pointer instead of a copy.
     let services = Arc::new(Services {
         events,
         websocket: ws::websocket_config(limits.max_frame_bytes),
@@ -120,7 +120,7 @@ fn run(settings: Settings) -> Result<(), String> {
         executor
             .spawn(driver::run(node, inbox, publish.clone()))
             .detach();
-        // Announced only now, so clients are told to connect once Redis is reachable too.
+        // Logged only now, so tests and operators connect once Redis is reachable too.
         for (_, role, local) in &listeners {
             if matches!(role, Role::WebSocket | Role::Both) {
                 info!("websocket listening on {local}");
