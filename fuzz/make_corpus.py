@@ -7,7 +7,7 @@ VECTORS_DIR contains the protocol test vectors messages.json (exact frames in bo
 directions) and api_signature.json (signed HTTP API requests as each server library
 sends them). The script replaces the files of the three corpus directories. The
 node_ops corpus is not generated here: its inputs are in the `arbitrary` byte encoding,
-so it holds a minimized set of inputs from earlier fuzzing runs.
+so it contains a minimized set of inputs from earlier fuzzing runs.
 """
 
 import hashlib

@@ -9,7 +9,7 @@ use std::time::Instant;
 use log::debug;
 use serde_json::{Map, Value, json};
 
-use crate::auth::{Query, verify_api_request};
+use crate::auth::{Query, percent_decode_bytes, verify_api_request};
 use crate::channel::{ChannelKind, ChannelName};
 use crate::config::Limits;
 use crate::connection::SocketId;
@@ -95,7 +95,7 @@ impl<'a> Route<'a> {
     }
 }
 
-/// Which counts a response should carry.
+/// The counts a response carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Info {
     user_count: bool,
@@ -255,29 +255,10 @@ fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Percent-decodes a channel name taken from a path segment.
+/// Percent-decodes a channel name taken from a path segment, where `+` is a plain `+`.
 fn decode_path_segment(segment: &str) -> Result<String, ApiError> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let byte = bytes[i];
-        let escaped = (byte == b'%')
-            .then(|| segment.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(decoded) => {
-                out.push(decoded);
-                i += 3;
-            }
-            None => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| ApiError::InvalidParam("channel name is not UTF-8"))
+    String::from_utf8(percent_decode_bytes(segment, false))
+        .map_err(|_| ApiError::InvalidParam("channel name is not UTF-8"))
 }
 
 impl Node {
@@ -477,7 +458,7 @@ impl Node {
             .socket_id
             .and_then(|socket_id| self.sockets.get(&socket_id).copied());
         for channel in &publish.channels {
-            // NOTE: `#server-to-user-` events need user sign-in, so they reach nobody yet.
+            // NOTE: `#server-to-user-` events need user sign-in, so they reach no socket yet.
             let frame: Arc<str> =
                 frame::api_event(&publish.name, channel.as_str(), &publish.data).into();
             let delivered = self.broadcast(channel, except, &frame);

@@ -220,14 +220,20 @@ impl Query {
     }
 }
 
-/// Decodes `%XX` escapes and `+` as a space. A `%` not followed by two hex digits is kept.
+/// Decodes `%XX` escapes and `+` as a space, as in a query string.
 fn percent_decode(text: &str) -> Result<String, ApiError> {
+    String::from_utf8(percent_decode_bytes(text, true)).map_err(|_| ApiError::InvalidQueryString)
+}
+
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (query strings, not paths).
+/// A `%` not followed by two hex digits is kept as it is.
+pub(crate) fn percent_decode_bytes(text: &str, plus_is_space: bool) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let high = bytes.get(i + 1).copied().and_then(hex_value);
                 let low = bytes.get(i + 2).copied().and_then(hex_value);
@@ -243,7 +249,7 @@ fn percent_decode(text: &str) -> Result<String, ApiError> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| ApiError::InvalidQueryString)
+    out
 }
 
 fn hex_value(byte: u8) -> Option<u8> {

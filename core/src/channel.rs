@@ -12,7 +12,7 @@ use crate::error::ChannelNameError;
 /// Prefix of the per-user channels that need sign-in.
 const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 
-/// What a channel requires from subscribers and what it allows.
+/// The kind of a channel, which decides what subscribers need and what they may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ChannelKind {
     /// Anyone may subscribe; no client events.

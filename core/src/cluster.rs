@@ -6,7 +6,7 @@
 //! connection comes up and on request, sends a heartbeat every interval, and drops a node
 //! whose heartbeats stop. It requests the state of a node it hears from while not tracking it,
 //! such as one forgotten while its messages were lost. `member_added` and `member_removed`
-//! are decided on the union of the local roster and every remote one, so each subscriber sees
+//! are decided on the union of the local roster and every remote one, so each subscriber gets
 //! one event per user transition wherever that user's sockets are.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -540,7 +540,7 @@ impl Node {
         self.prune_remote_channel(sender, &channel);
     }
 
-    /// Replaces what is known of node `id` (or forgets it, with `None`), announcing every
+    /// Replaces this node's copy of node `id` (or removes it, with `None`), announcing every
     /// member that appears in or disappears from the cluster as a result.
     fn replace_remote(&mut self, id: u64, new: Option<RemoteNode>) {
         let Some(cluster) = &self.cluster else {

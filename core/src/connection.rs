@@ -133,8 +133,8 @@ impl Connection {
 
 /// A connection's subscriptions, in subscription order.
 ///
-/// A short vector rather than a map, because most connections hold a few channels and an
-/// idle connection should cost little memory; lookups scan at most the per-connection limit.
+/// A short vector rather than a map, because most connections have a few channels and an
+/// idle connection should cost little memory. Lookups scan at most the per-connection limit.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions(Vec<(ChannelName, Option<UserId>)>);
 

@@ -1,6 +1,6 @@
 //! Sans-IO state machine for the Pusher Channels protocol.
 //!
-//! `crier-core` holds every rule of the protocol (framing, channels, subscription signatures,
+//! `crier-core` contains every rule of the protocol (framing, channels, subscription signatures,
 //! presence, client events, the HTTP API and its request signatures) and performs no IO. It
 //! never reads a clock, spawns a thread or touches a socket: the host passes the current time
 //! into every call and carries out the outputs the node queues.

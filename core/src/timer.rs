@@ -1,7 +1,7 @@
 //! The node's timer table: one liveness deadline per connection, ordered by time.
 //!
 //! Activity does not touch the table. A deadline that fires early is pushed back to the
-//! connection's real deadline, so the table holds exactly one entry per connection.
+//! connection's real deadline, so the table has exactly one entry per connection.
 
 use std::collections::BTreeSet;
 use std::time::Instant;

@@ -21,7 +21,7 @@ use crate::driver::{Event, OwnedApiRequest};
 /// A TCP stream that async-h1 can clone for its reader and writer halves.
 ///
 /// It also caps how much a client may send between two responses. async-h1 buffers a request
-/// head until it sees a line feed and checks its 8 KiB head limit only then, so without this
+/// head until a line feed arrives and checks its 8 KiB head limit only then, so without this
 /// cap one connection sending a line without end would grow memory until the process dies.
 /// The cap resets whenever a response is written.
 #[derive(Clone)]

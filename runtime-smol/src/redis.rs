@@ -1,7 +1,7 @@
 //! Cluster mode over Redis: one pub/sub channel carries the core's cluster messages.
 //!
 //! A RESP3 `ConnectionManager` both publishes and receives: it reconnects with backoff and
-//! resubscribes by itself, and each confirmed subscription tells the node to announce its
+//! resubscribes by itself, and each confirmed subscription makes the node to announce its
 //! state again, so the cluster converges after Redis restarts.
 
 use std::sync::Arc;
@@ -96,7 +96,7 @@ pub async fn start(
     Ok(publish)
 }
 
-/// Sorts one push from Redis; runs on the connection's task, so it never waits.
+/// Sorts one push from Redis. It runs on the connection's task, so it only uses `try_send`.
 fn forward_push(inbound: &Sender<Inbound>, channel: &str, dropped: &AtomicU64, push: PushInfo) {
     let item = match push.kind {
         PushKind::Message => match push.data.as_slice() {

@@ -90,7 +90,7 @@ async fn open(
     }
 }
 
-/// Performs the upgrade, answering 404 without upgrading when the path is not `/app/{key}`.
+/// Performs the upgrade, replying 404 without upgrading when the path is not `/app/{key}`.
 // tungstenite fixes the callback's error type: a whole HTTP response.
 #[allow(clippy::result_large_err)]
 async fn upgrade(

@@ -75,7 +75,7 @@ test("duplicate presence subscribes from a client that never reads get 4100", as
     event: "pusher:subscribe",
     data: { channel, auth: channelAuth(attacker.socketId, channel, channelData), channel_data: channelData },
   });
-  // Each duplicate is answered with the whole roster (about 19 KB), so 400 of them pass the
+  // The reply to each duplicate is the whole roster (about 19 KB), so 400 of them pass the
   // per-connection byte limit of 1 MiB long before the 1024-frame limit.
   for (let index = 0; index < 400; index += 1) {
     attacker.ws.send(frame);

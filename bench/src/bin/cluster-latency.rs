@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use async_tungstenite::tungstenite::Message;
 use crier_bench::api::{ApiClient, App};
 use crier_bench::client::{self, PusherSocket};
 use crier_bench::redis_server::RedisServer;
-use crier_bench::server::CrierProcess;
+use crier_bench::server::{CrierProcess, default_crier_path};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -143,13 +143,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn default_crier_path() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the bench crate sits inside the workspace");
-    workspace.join("target/release/crier")
 }
 
 /// Parses the command line. Returns `Ok(None)` when help was requested.

@@ -5,14 +5,14 @@
 //! `key=value` lines, progress and errors to stderr.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use crier_bench::client::{self, PusherSocket};
 use crier_bench::proc_status::{MemoryStatus, read_memory_status};
-use crier_bench::server::CrierProcess;
+use crier_bench::server::{CrierProcess, default_crier_path};
 use futures_util::StreamExt;
 use futures_util::stream;
 use rustix::process::{Resource, getrlimit};
@@ -98,13 +98,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn default_crier_path() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the bench crate sits inside the workspace");
-    workspace.join("target/release/crier")
 }
 
 /// Parses the command line. Returns `Ok(None)` when help was requested.

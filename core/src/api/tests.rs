@@ -1188,3 +1188,13 @@ fn api_leaves_no_state() {
     h.drain();
     assert_eq!(h.node.stats(), NodeStats::default());
 }
+
+#[test]
+fn path_segment_decoding_rules() {
+    assert_eq!(decode_path_segment("private-a%40b").unwrap(), "private-a@b");
+    assert_eq!(decode_path_segment("a+b").unwrap(), "a+b");
+    // `from_str_radix` would accept "+f"; an escape needs two hex digits.
+    assert_eq!(decode_path_segment("a%+fb").unwrap(), "a%+fb");
+    assert_eq!(decode_path_segment("a%4").unwrap(), "a%4");
+    assert!(decode_path_segment("a%ff").is_err());
+}

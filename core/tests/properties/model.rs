@@ -418,7 +418,7 @@ impl Model {
         let mut expected: Expected = closing.into_iter().map(|out| (conn.id, out)).collect();
         for (channel, user_id) in conn.subscriptions {
             let left = self.member_left(&channel, user_id);
-            // During shutdown every other member is closing too, so nobody is told.
+            // During shutdown every other member is closing too, so no socket gets `member_removed`.
             if !self.shutting_down {
                 expected.extend(left);
             }
